@@ -1,0 +1,106 @@
+"""Circuit breakers, one per named dependency: closed -> open -> half-open -> closed.
+
+Pure logic with an injected clock; the pipeline asks ``allow()`` before a call and reports the outcome,
+and waits in ``wait_until_allowed()`` while the breaker is open (its partitions paused meanwhile).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import enum
+import time
+from collections.abc import Callable
+
+from processor.topology import BreakerConfig
+
+
+class BreakerState(enum.IntEnum):
+    """Numeric values are what ``processor_circuit_state`` exports."""
+
+    CLOSED = 0
+    HALF_OPEN = 1
+    OPEN = 2
+
+
+class Breaker:
+    """The state of one dependency's breaker, shared by every handler that names it."""
+
+    def __init__(
+        self,
+        name: str,
+        config: BreakerConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[str, BreakerState], None] = lambda name, state: None,
+    ) -> None:
+        self.name = name
+        self._config = config
+        self._clock = clock
+        self._on_change = on_change
+        self._calls: collections.deque[tuple[float, bool]] = collections.deque()
+        self._state = BreakerState.CLOSED
+        self._opened_at = 0.0
+        self._probes_out = 0
+        self._probes_ok = 0
+        self._changed = asyncio.Event()
+
+    @property
+    def state(self) -> BreakerState:
+        if self._state is BreakerState.OPEN and self._clock() - self._opened_at >= self._config.open_seconds:
+            self._set(BreakerState.HALF_OPEN)
+        return self._state
+
+    def allow(self) -> bool:
+        """May a call go now? In half-open only ``half_open_probes`` calls are let through at once."""
+        state = self.state
+        if state is BreakerState.CLOSED:
+            return True
+        if state is BreakerState.HALF_OPEN and self._probes_out < self._config.half_open_probes:
+            self._probes_out += 1
+            return True
+        return False
+
+    def record(self, ok: bool) -> None:
+        """Report the outcome of a call that ``allow()`` let through."""
+        now = self._clock()
+        if self._state is BreakerState.HALF_OPEN:
+            self._probes_out = max(0, self._probes_out - 1)
+            if not ok:
+                self._open(now)
+                return
+            self._probes_ok += 1
+            if self._probes_ok >= self._config.half_open_probes:
+                self._calls.clear()
+                self._set(BreakerState.CLOSED)
+            return
+        if self._state is BreakerState.OPEN:
+            return  # a call that started before the breaker opened; its outcome says nothing new
+        self._calls.append((now, ok))
+        horizon = now - self._config.window_seconds
+        while self._calls and self._calls[0][0] < horizon:
+            self._calls.popleft()
+        failures = sum(1 for _, good in self._calls if not good)
+        if len(self._calls) >= self._config.min_calls and failures / len(self._calls) >= self._config.failure_rate:
+            self._open(now)
+
+    async def wait_until_allowed(self) -> None:
+        """Return once a call may go (the breaker closed, or a half-open probe slot is ours)."""
+        while not self.allow():
+            self._changed.clear()
+            remaining = self._config.open_seconds - (self._clock() - self._opened_at)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout=max(remaining, 0.05))
+
+    def _open(self, now: float) -> None:
+        self._opened_at = now
+        self._probes_out = 0
+        self._probes_ok = 0
+        self._set(BreakerState.OPEN)
+
+    def _set(self, state: BreakerState) -> None:
+        if state is not self._state:
+            self._state = state
+            self._changed.set()
+            self._on_change(self.name, state)

@@ -1,0 +1,262 @@
+"""The `processor` command line. Every subcommand explains itself with ``--help``.
+
+Errors that the user can fix (a bad setting, a port in use) print one line and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from processor.config import Settings
+from processor.errors import ConfigError, ProcessorError
+
+Command = Callable[[argparse.Namespace], int]
+
+_CONNECTION_FLAGS = (
+    ("--bootstrap-servers", "KAFKA_BOOTSTRAP_SERVERS", "Kafka bootstrap servers, host:port[,host:port]"),
+    ("--redis-url", "REDIS_URL", "Redis URL, redis://host:port/db"),
+    ("--metrics-port", "PROCESSOR_METRICS_PORT", "port serving /metrics (0: off)"),
+    ("--metrics-host", "PROCESSOR_METRICS_HOST", "address /metrics binds to"),
+    ("--log-level", "PROCESSOR_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR"),
+)
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("settings (flags override the environment variable named)")
+    for flag, env, text in _CONNECTION_FLAGS:
+        group.add_argument(flag, dest=env, metavar="VALUE", help=f"{text} [env {env}]")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.load(overrides={env: getattr(args, env, None) for _, env, _ in _CONNECTION_FLAGS})
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
+    return int(text)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return int(text)
+
+
+def _non_negative(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return int(text)
+
+
+def _import_path() -> None:
+    # Like `python -m`, let topology modules in the current directory be imported.
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+# -- dev ---------------------------------------------------------------------------------------------------
+
+
+def cmd_dev_up(args: argparse.Namespace) -> int:
+    from processor import devstack
+
+    stack, started = devstack.up(args.state_dir, args.kafka_port, args.redis_port)
+    if started:
+        print(f"started kafka (tansu) on {stack.kafka.address} and redis on {stack.redis.address}; "
+              f"state in {args.state_dir}", file=sys.stderr)
+    else:
+        print(f"already running (kafka {stack.kafka.address}, redis {stack.redis.address}); nothing started",
+              file=sys.stderr)
+    sys.stdout.write(stack.shell_exports())
+    return 0
+
+
+def cmd_dev_down(args: argparse.Namespace) -> int:
+    from processor import devstack
+
+    stack = devstack.down(args.state_dir)
+    if stack is None:
+        print(f"nothing to stop: no stack recorded in {args.state_dir}", file=sys.stderr)
+    else:
+        print(f"stopped kafka (pid {stack.kafka.pid}) and redis (pid {stack.redis.pid})", file=sys.stderr)
+    return 0
+
+
+def cmd_dev_status(args: argparse.Namespace) -> int:
+    from processor import devstack
+
+    stack = devstack.load(args.state_dir)
+    if stack is None:
+        print(f"not running: no stack recorded in {args.state_dir}")
+        return 3
+    for server in (stack.kafka, stack.redis):
+        state = "running" if server.alive() else "STOPPED"
+        print(f"{server.name:<6} {state:<8} {server.address:<16} pid {server.pid}  log {server.log}")
+    return 0 if stack.running() else 3
+
+
+def cmd_dev_env(args: argparse.Namespace) -> int:
+    from processor import devstack
+
+    stack = devstack.load(args.state_dir)
+    if stack is None or not stack.running():
+        raise ConfigError(f"no running stack in {args.state_dir}: run `processor dev up` first")
+    sys.stdout.write(stack.shell_exports())
+    return 0
+
+
+# -- worker and topics -------------------------------------------------------------------------------------
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from processor.topology import load_topology
+    from processor.worker import Worker
+
+    settings = _settings(args)
+    _import_path()
+    topology = load_topology(args.topology)
+    Worker(topology, settings, create_topics=not args.no_create_topics).run()
+    return 0
+
+
+def cmd_topics_create(args: argparse.Namespace) -> int:
+    from processor.kafka import ensure_topics
+    from processor.topology import load_topology
+
+    settings = _settings(args)
+    _import_path()
+    topology = load_topology(args.topology)
+    partitions = args.partitions or topology.partitions or settings.topic_partitions
+    replication = args.replication_factor or settings.topic_replication_factor
+    names = topology.topics()
+    created = ensure_topics(settings, names, partitions, replication)
+    for name in names:
+        print(f"{'created' if name in created else 'exists '}  {name}")
+    return 0
+
+
+# -- demo --------------------------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from processor.demo import DemoOptions, run_demo
+
+    _import_path()
+    options = DemoOptions(events=args.events, duplicates=args.duplicates, malformed=args.malformed,
+                          state_dir=args.state_dir)
+    if not args.embedded:
+        return run_demo(_settings(args), options)
+    from processor.servers import embedded_stack
+
+    with embedded_stack(args.state_dir / "demo-stack") as (kafka, redis_server):
+        settings = Settings.load(overrides={
+            "KAFKA_BOOTSTRAP_SERVERS": kafka.address, "REDIS_URL": f"redis://{redis_server.address}/0",
+        })
+        return run_demo(settings, options)
+
+
+# -- parser ------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="processor",
+        description="A Kafka stream processor with SRE built in: schema checks, Redis dedup, retry tiers, "
+        "dead-letter topics, circuit breakers and SLO metrics, for topologies written as Python modules.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    dev = commands.add_parser("dev", help="run the embedded broker (Tansu) and Redis in the background",
+                              description="Start, stop or inspect a local broker and Redis for development.")
+    dev_commands = dev.add_subparsers(dest="dev_command", required=True, metavar="ACTION")
+    state = argparse.ArgumentParser(add_help=False)
+    state.add_argument("--state-dir", type=Path, default=Path(".processor"),
+                       help="where pids, addresses and logs are kept (default: .processor)")
+    up = dev_commands.add_parser(
+        "up", parents=[state], help="start both servers (a no-op when they already run)",
+        description="Start Tansu and redis-server in the background and wait until both answer. Prints "
+        "`export` lines on stdout, so `eval \"$(processor dev up)\"` configures the shell; messages go to "
+        "stderr.",
+    )
+    up.add_argument("--kafka-port", type=_port, help="broker port (default: a free port)")
+    up.add_argument("--redis-port", type=_port, help="Redis port (default: a free port)")
+    up.add_argument("--print-env", action="store_true", help="accepted for clarity: the exports are always printed")
+    up.set_defaults(func=cmd_dev_up)
+    dev_commands.add_parser("down", parents=[state], help="stop what `dev up` started, nothing else",
+                            description="Stop the servers recorded by `processor dev up`.").set_defaults(
+        func=cmd_dev_down)
+    dev_commands.add_parser("status", parents=[state], help="show whether the servers run (exit 3 if not)",
+                            description="Show the recorded servers, their addresses and state.").set_defaults(
+        func=cmd_dev_status)
+    dev_commands.add_parser("env", parents=[state], help="print the export lines of the running stack",
+                            description="Print KAFKA_BOOTSTRAP_SERVERS and REDIS_URL exports for `eval`."
+                            ).set_defaults(func=cmd_dev_env)
+
+    worker = commands.add_parser(
+        "worker", help="run a topology's handlers as a long-running worker",
+        description="Run every handler of TOPOLOGY (a module path such as topologies.orders). Start the "
+        "same command several times, on one machine or many, to share the partitions among replicas.",
+    )
+    worker.add_argument("topology", help="module path of the topology, e.g. topologies.orders")
+    worker.add_argument("--no-create-topics", action="store_true",
+                        help="do not create missing topics at start")
+    _add_settings_flags(worker)
+    worker.set_defaults(func=cmd_worker)
+
+    topics = commands.add_parser("topics", help="manage the topics a topology needs",
+                                 description="Manage the topics a topology reads and writes.")
+    topic_commands = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
+    create = topic_commands.add_parser(
+        "create", help="create every topic of a topology (idempotent)",
+        description="Create the sources, outputs, retry tiers and dead-letter topics of TOPOLOGY that do "
+        "not exist yet.",
+    )
+    create.add_argument("topology", help="module path of the topology")
+    create.add_argument("--partitions", type=_positive, help="partitions per new topic "
+                        "[env PROCESSOR_TOPIC_PARTITIONS, default 3]")
+    create.add_argument("--replication-factor", type=_positive, help="replication factor of new topics "
+                        "[env PROCESSOR_TOPIC_REPLICATION_FACTOR, default 1]")
+    _add_settings_flags(create)
+    create.set_defaults(func=cmd_topics_create)
+
+    demo = commands.add_parser(
+        "demo", help="run the reference topology under load and print an account of it",
+        description="Run a worker of topologies.orders with injected failures, produce orders (with "
+        "duplicates and malformed ones) and print, per handler: in, processed, duplicates, retried, "
+        "dead-lettered and p99 processing time. Exit 0 when every event is accounted for.",
+    )
+    demo.add_argument("--events", type=_positive, default=500, help="orders to produce (default 500)")
+    demo.add_argument("--duplicates", type=_non_negative, default=25, help="extra copies of orders (default 25)")
+    demo.add_argument("--malformed", type=_non_negative, default=10, help="malformed events (default 10)")
+    demo.add_argument("--embedded", action="store_true",
+                      help="start a private broker and Redis for the run instead of using the settings")
+    demo.add_argument("--state-dir", type=Path, default=Path(".processor"), help="where logs go")
+    _add_settings_flags(demo)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Command = args.func
+    try:
+        return func(args)
+    except ConfigError as exc:
+        print(f"processor: error: {exc}", file=sys.stderr)
+        return 2
+    except ProcessorError as exc:
+        print(f"processor: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

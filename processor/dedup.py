@@ -1,0 +1,185 @@
+"""Deduplication in Redis: per handler, by event id, crash-safe, one round trip per batch per step.
+
+One key per (topology, handler, event id) walks through these states::
+
+    (absent) --claim--> "c|owner"            in flight; expires after the lease if its owner dies
+    "c|owner" --store_results--> "r|owner|deadline_ms|outputs"
+                                             the handler succeeded; its outputs are being delivered
+    "r|..." --mark_done--> "d"               outputs acknowledged by the broker; kept for the TTL
+    "c|owner" --release--> (absent)          the handler failed: the retry copy may claim it again
+
+Storing the handler's outputs before producing them (an outbox) means a worker that dies after the
+handler ran but before its outputs were acknowledged is not followed by a second run of the handler: the
+next claimer finds the stored outputs (once the deadline passed) and produces them instead.
+
+Redis being down never makes the worker skip dedup or drop an event: every call waits, with back-off,
+until Redis answers again, and reports the dependency as down meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# KEYS[i]: one per event. ARGV: owner, lease_ms. Returns per key {status, payload}.
+_CLAIM = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local out = {}
+for i, key in ipairs(KEYS) do
+  local v = redis.call('GET', key)
+  if not v then
+    redis.call('SET', key, 'c|' .. ARGV[1], 'PX', ARGV[2])
+    out[i] = {'claimed', ''}
+  elseif v == 'd' then
+    out[i] = {'done', ''}
+  elseif string.sub(v, 1, 2) == 'r|' then
+    local owner, deadline, payload = string.match(v, '^r|([^|]*)|(%d+)|(.*)$')
+    if owner == ARGV[1] or tonumber(deadline) < now_ms then
+      local taken = 'r|' .. ARGV[1] .. '|' .. (now_ms + tonumber(ARGV[2])) .. '|' .. payload
+      redis.call('SET', key, taken, 'KEEPTTL')
+      out[i] = {'stored', payload}
+    else
+      out[i] = {'busy', ''}
+    end
+  else
+    out[i] = {'busy', ''}
+  end
+end
+return out
+"""
+
+# KEYS[i]: one per event; ARGV: owner, lease_ms, ttl_seconds, then one payload per key. The deadline
+# lets another claimer take over the delivery only once this owner's lease has run out.
+_STORE = """
+local now = redis.call('TIME')
+local deadline = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[2])
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, 'r|' .. ARGV[1] .. '|' .. deadline .. '|' .. ARGV[3 + i], 'EX', ARGV[3])
+end
+return #KEYS
+"""
+
+# KEYS[i]: one per event; ARGV: owner. Deletes only claims this owner holds.
+_RELEASE = """
+local n = 0
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == 'c|' .. ARGV[1] then
+    redis.call('DEL', key)
+    n = n + 1
+  end
+end
+return n
+"""
+
+
+class Claim(enum.Enum):
+    CLAIMED = "claimed"  # ours: run the handler
+    DONE = "done"  # a duplicate of a processed event: skip
+    STORED = "stored"  # the handler ran; produce its stored outputs, do not run it again
+    BUSY = "busy"  # another processor holds it: wait and ask again
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    status: Claim
+    stored: bytes = b""
+
+
+class Dedup:
+    """Claims, results and done-marks for one handler's event ids."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        namespace: str,
+        owner: str,
+        lease_seconds: float,
+        ttl_seconds: int,
+        on_dependency: Callable[[bool], None] = lambda up: None,
+        max_backoff_seconds: float = 5.0,
+    ) -> None:
+        self._redis = client
+        self._ns = namespace
+        self._owner = owner
+        self._lease_ms = int(lease_seconds * 1000)
+        self._ttl = ttl_seconds
+        self._on_dependency = on_dependency
+        self._max_backoff = max_backoff_seconds
+        self._claim = client.register_script(_CLAIM)
+        self._store = client.register_script(_STORE)
+        self._release = client.register_script(_RELEASE)
+
+    def key(self, event_id: str) -> str:
+        return f"{self._ns}:{event_id}"
+
+    async def claim(self, event_ids: Sequence[str]) -> list[ClaimResult]:
+        """Claim every id; one result per id, in order."""
+        if not event_ids:
+            return []
+        keys = [self.key(i) for i in event_ids]
+        raw: list[list[Any]] = await self._call(lambda: self._claim(keys=keys, args=[self._owner, self._lease_ms]))
+        return [ClaimResult(Claim(status.decode()), payload) for status, payload in raw]
+
+    async def store_results(self, results: Sequence[tuple[str, bytes]]) -> None:
+        """Record (event id, encoded outputs) for handlers that succeeded, before producing them."""
+        if results:
+            keys = [self.key(event_id) for event_id, _ in results]
+            args: list[bytes | str | int] = [self._owner, self._lease_ms, self._ttl, *(p for _, p in results)]
+            await self._call(lambda: self._store(keys=keys, args=args))
+
+    async def mark_done(self, event_ids: Sequence[str]) -> None:
+        """Remember these ids as processed for the TTL; call only after their outputs are acknowledged."""
+        if not event_ids:
+            return
+
+        async def run() -> None:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for event_id in event_ids:
+                    pipe.set(self.key(event_id), b"d", ex=self._ttl)
+                await pipe.execute()
+
+        await self._call(run)
+
+    async def release(self, event_ids: Sequence[str]) -> None:
+        """Drop our claims on ids whose handler failed, so their retry copies can claim them."""
+        if event_ids:
+            keys = [self.key(i) for i in event_ids]
+            await self._call(lambda: self._release(keys=keys, args=[self._owner]))
+
+    async def forget(self, event_ids: Sequence[str]) -> None:
+        """Delete the done-marks of ids (``dlq replay --force``)."""
+        if event_ids:
+            await self._call(lambda: self._redis.delete(*[self.key(i) for i in event_ids]))
+
+    async def _call(self, op: Callable[[], Awaitable[T]]) -> T:
+        # Never give up: an event whose dedup state is unknown must not be processed or dropped.
+        delay = 0.05
+        down = False
+        while True:
+            try:
+                result = await op()
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                if not down:
+                    log.warning("redis unreachable, waiting for it: %s", exc)
+                    self._on_dependency(False)
+                    down = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._max_backoff)
+                continue
+            if down:
+                log.warning("redis is back")
+                self._on_dependency(True)
+            return result

@@ -1,0 +1,151 @@
+"""confluent-kafka behind two small seams: an asyncio producer that reports delivery, and topic admin.
+
+Faust consumes (group membership, fetching, commits); everything we produce goes through
+``DeliveringProducer``: the idempotent librdkafka producer, whose delivery reports resolve one future per
+batch, so a batch's offsets are acknowledged only after every record it produced is on the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from processor.config import Settings
+from processor.errors import ConfigError, DependencyUnavailable
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class OutRecord:
+    """A record to produce."""
+
+    topic: str
+    value: bytes | None
+    key: bytes | None = None
+    headers: Headers = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryError:
+    """Why the broker refused a record; ``retriable`` errors are worth sending again."""
+
+    message: str
+    retriable: bool
+
+
+_rdkafka_log = logging.getLogger("librdkafka")
+
+
+def client_config(settings: Settings, **extra: str | int | float | bool) -> dict[str, Any]:
+    """librdkafka settings for ``settings``, logging through Python logging instead of raw stderr."""
+    return {**settings.kafka_client_config(), "logger": _rdkafka_log, **extra}
+
+
+class _Batch:
+    __slots__ = ("errors", "future", "loop", "remaining")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
+        self.loop = loop
+        self.remaining = size
+        self.errors: list[DeliveryError | None] = [None] * size
+        self.future: asyncio.Future[list[DeliveryError | None]] = loop.create_future()
+
+    def done(self, index: int, err: KafkaError | None) -> None:
+        # Runs on the poll thread: only the last report of a batch crosses to the event loop.
+        if err is not None:
+            self.errors[index] = DeliveryError(err.str(), err.retriable())
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.loop.call_soon_threadsafe(self._resolve)
+
+    def _resolve(self) -> None:
+        if not self.future.done():
+            self.future.set_result(self.errors)
+
+
+class DeliveringProducer:
+    """Idempotent producer; ``send`` resolves when the broker has acknowledged every record."""
+
+    def __init__(self, settings: Settings, client_id: str, linger_ms: int = 5) -> None:
+        # No compression: every Kafka client can read what we write without an extra codec library
+        # (aiokafka, and so Faust, needs python-lz4 for lz4 batches).
+        extra: dict[str, str | int | float | bool] = {
+            "client.id": client_id, "enable.idempotence": True, "acks": "all", "linger.ms": linger_ms,
+        }
+        config = client_config(settings, **extra)
+        self._producer = Producer(config)
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name=f"{client_id}-delivery", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.05)
+
+    async def send(self, records: Sequence[OutRecord]) -> list[DeliveryError | None]:
+        """Produce ``records``; returns, per record, None (delivered) or the broker's error."""
+        if not records:
+            return []
+        batch = _Batch(asyncio.get_running_loop(), len(records))
+        for index, record in enumerate(records):
+            await self._produce(record, lambda err, _msg, i=index: batch.done(i, err))
+        return await batch.future
+
+    async def _produce(self, record: OutRecord, on_delivery: Callable[..., None]) -> None:
+        while True:
+            try:
+                self._producer.produce(
+                    record.topic, value=record.value, key=record.key, headers=cast(Any, record.headers),
+                    on_delivery=on_delivery,
+                )
+                return
+            except BufferError:
+                # The local queue is full: let the poll thread drain delivery reports.
+                await asyncio.sleep(0.01)
+
+    def close(self, timeout_seconds: float = 30.0) -> None:
+        """Deliver what is queued (up to the timeout), then stop the poll thread."""
+        remaining = self._producer.flush(timeout_seconds)
+        if remaining:
+            log.error("producer closed with %d records undelivered", remaining)
+        self._stop.set()
+        self._poller.join()
+
+
+def ensure_topics(settings: Settings, names: Iterable[str], partitions: int, replication_factor: int) -> list[str]:
+    """Create the topics that do not exist yet; returns the names created. Idempotent."""
+    admin = AdminClient(client_config(settings))
+    try:
+        existing = set(admin.list_topics(timeout=10).topics)
+    except KafkaException as exc:
+        raise DependencyUnavailable(f"kafka at {settings.kafka_bootstrap_servers}: {exc}") from None
+    wanted = [n for n in dict.fromkeys(names) if n not in existing]
+    if not wanted:
+        return []
+    futures = admin.create_topics(
+        [NewTopic(n, num_partitions=partitions, replication_factor=replication_factor) for n in wanted],
+        operation_timeout=10,
+    )
+    created = []
+    for name, future in futures.items():
+        try:
+            future.result()
+            created.append(name)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue  # another replica created it between our list and create: fine
+            if error.code() in (KafkaError.INVALID_REPLICATION_FACTOR, KafkaError.INVALID_PARTITIONS):
+                raise ConfigError(f"topic {name}: {error.str()}") from None
+            raise DependencyUnavailable(f"creating topic {name}: {error.str()}") from None
+    return created

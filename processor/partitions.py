@@ -1,0 +1,149 @@
+"""Per-partition queues: one batch in flight per partition, in offset order, acked only when done.
+
+The consumer hands every record to ``put``; a task per partition takes the due records at the head of
+its queue as one batch, runs it, and only then acks them. A record that is not due yet (a retry tier's)
+holds its partition: the partition is paused at the consumer and the task sleeps until the due time,
+while every other partition goes on. A queue that grows past ``high_water`` pauses its partition too,
+until it drains below ``low_water``.
+
+Pausing may make the consumer drop records it had already fetched for the partition (Faust does), so
+``resume`` is told the next offset the queue expects, and the caller seeks there; a record delivered
+twice around such a seek is recognised by its offset and queued once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from processor.pipeline import InRecord
+
+log = logging.getLogger(__name__)
+TP = TypeVar("TP", bound=Hashable)
+
+
+@dataclass
+class _Partition:
+    queue: deque[tuple[InRecord, int, object]] = field(default_factory=deque)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    paused: set[str] = field(default_factory=set)
+    task: asyncio.Task[None] | None = None
+    next_offset: int = -1
+
+
+class PartitionQueues(Generic[TP]):
+    """Runs records per partition; see the module docstring."""
+
+    def __init__(
+        self,
+        run: Callable[[Sequence[InRecord]], Awaitable[None]],
+        ack: Callable[[object], None],
+        pause: Callable[[TP], None],
+        resume: Callable[[TP, int], None],
+        *,
+        max_batch: int = 500,
+        high_water: int = 5000,
+        clock: Callable[[], float] = time.time,
+        on_pause_change: Callable[[str, int], None] = lambda reason, delta: None,
+    ) -> None:
+        self._run = run
+        self._ack = ack
+        self._pause = pause
+        self._resume = resume
+        self._max_batch = max_batch
+        self._high_water = high_water
+        self._low_water = high_water // 2
+        self._clock = clock
+        self._on_pause_change = on_pause_change
+        self._partitions: dict[TP, _Partition] = {}
+
+    def put(self, tp: TP, record: InRecord, due_ms: int, token: object) -> None:
+        """Queue a consumed record; ``token`` is handed to ``ack`` once its batch is done."""
+        part = self._partitions.get(tp)
+        if part is None:
+            part = self._partitions[tp] = _Partition()
+            part.task = asyncio.get_running_loop().create_task(self._drain(tp, part), name=f"partition-{tp}")
+        if record.offset < part.next_offset:
+            return  # delivered again after a seek; the first copy is queued (or done) already
+        part.next_offset = record.offset + 1
+        part.queue.append((record, due_ms, token))
+        part.wake.set()
+        if len(part.queue) >= self._high_water:
+            self._hold(tp, part, "backpressure")
+
+    def revoke(self, tps: Sequence[TP]) -> None:
+        """Forget revoked partitions: their unacked records will be delivered again to the new owner."""
+        for tp in tps:
+            part = self._partitions.pop(tp, None)
+            if part is None:
+                continue
+            part.queue.clear()
+            for reason in list(part.paused):
+                self._on_pause_change(reason, -1)
+            part.paused.clear()
+            if part.task is not None:
+                # A batch in flight finishes (its claims keep others off its events); only the wait ends.
+                part.task.cancel()
+
+    async def stop(self) -> None:
+        self.revoke(list(self._partitions))
+
+    def pause_all(self, reason: str) -> None:
+        """Pause every partition this worker has seen, for ``reason`` (the breaker uses it)."""
+        for tp, part in self._partitions.items():
+            self._hold(tp, part, reason)
+
+    def resume_all(self, reason: str) -> None:
+        for tp, part in self._partitions.items():
+            self._release(tp, part, reason)
+
+    def held(self, reason: str) -> int:
+        return sum(1 for p in self._partitions.values() if reason in p.paused)
+
+    async def _drain(self, tp: TP, part: _Partition) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            while True:
+                if not part.queue:
+                    part.wake.clear()
+                    await part.wake.wait()
+                    continue
+                wait = part.queue[0][1] / 1000 - self._clock()
+                if wait > 0:
+                    self._hold(tp, part, "not_due")
+                    await asyncio.sleep(wait)
+                    continue
+                self._release(tp, part, "not_due")
+                batch = self._take_due(part)
+                # Shielded: a revoke during the batch must not cut it between produce and ack.
+                await asyncio.shield(self._run([record for record, _, _ in batch]))
+                for _, _, token in batch:
+                    self._ack(token)
+                if len(part.queue) < self._low_water:
+                    self._release(tp, part, "backpressure")
+
+    def _take_due(self, part: _Partition) -> list[tuple[InRecord, int, object]]:
+        now_ms = self._clock() * 1000
+        batch: list[tuple[InRecord, int, object]] = []
+        while part.queue and len(batch) < self._max_batch and part.queue[0][1] <= now_ms:
+            batch.append(part.queue.popleft())
+        return batch
+
+    def _hold(self, tp: TP, part: _Partition, reason: str) -> None:
+        if reason not in part.paused:
+            if not part.paused:
+                self._pause(tp)
+            part.paused.add(reason)
+            self._on_pause_change(reason, 1)
+
+    def _release(self, tp: TP, part: _Partition, reason: str) -> None:
+        if reason in part.paused:
+            part.paused.discard(reason)
+            self._on_pause_change(reason, -1)
+            if not part.paused:
+                self._resume(tp, part.next_offset)

@@ -1,0 +1,356 @@
+"""The path of a batch of events from one partition, top to bottom, with no Faust in sight:
+
+    decode/validate -> dedup claim -> handler (breaker, timeout) -> store results -> produce and wait for
+    the broker's acks -> mark done / release claims
+
+and the failure route: invalid -> DLQ; retryable -> next retry tier; fatal or last tier -> DLQ.
+
+``Pipeline.run`` returns only when every record the batch produced (outputs, retries, dead letters) has
+been acknowledged by the broker; it never raises because of an event, so the caller may then ack the
+batch's offsets. It raises only when cancelled, and then nothing is acked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from processor import headers as h
+from processor.breaker import Breaker, BreakerState
+from processor.codec import Decoder
+from processor.dedup import Claim, Dedup
+from processor.errors import FatalError, InvalidEvent
+from processor.kafka import DeliveryError, OutRecord
+from processor.metrics import Metrics
+from processor.topology import Context, HandlerSpec, Output
+
+log = logging.getLogger(__name__)
+
+RETRIES_EXHAUSTED = "retries_exhausted"
+FATAL_ERROR = "fatal_error"
+OUTPUT_REJECTED = "output_rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class InRecord:
+    """One consumed record, transport-neutral."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes]
+
+
+class Sink(Protocol):
+    async def send(self, records: Sequence[OutRecord]) -> list[DeliveryError | None]: ...
+
+
+class PartitionControl(Protocol):
+    """Pauses and resumes fetching for the handler's partitions (the breaker uses it)."""
+
+    def pause_all(self, reason: str) -> None: ...
+
+    def resume_all(self, reason: str) -> None: ...
+
+
+@dataclass(slots=True, eq=False)
+class _Work:
+    record: InRecord
+    event: dict[str, Any]
+    event_id: str
+    outputs: list[OutRecord] = field(default_factory=list)
+    error: BaseException | None = None
+    started: float = 0.0
+
+
+class Pipeline:
+    """Runs one handler over batches of records; one instance per handler per worker."""
+
+    def __init__(
+        self,
+        topology: str,
+        spec: HandlerSpec,
+        *,
+        group: str,
+        decoder: Decoder,
+        dedup: Dedup,
+        sink: Sink,
+        metrics: Metrics,
+        breaker: Breaker | None = None,
+        partitions: PartitionControl | None = None,
+        dependencies: Mapping[str, Any] | None = None,
+        clock: Callable[[], float] = time.time,
+        on_dependency: Callable[[str, bool], None] = lambda name, up: None,
+    ) -> None:
+        self.topology = topology
+        self.spec = spec
+        self.group = group
+        self._decoder = decoder
+        self._dedup = dedup
+        self._sink = sink
+        self._metrics = metrics
+        self._breaker = breaker
+        self._partitions = partitions
+        self._clock = clock
+        self._on_dependency = on_dependency
+        self._dependencies = dependencies or {}
+        self._labels = (topology, spec.name)
+
+    async def run(self, records: Sequence[InRecord]) -> None:
+        """Process ``records`` (one partition, in order) to completion; see the module docstring."""
+        routed: list[OutRecord] = []  # retry and DLQ records
+        works = self._decode(records, routed)
+        works, duplicates = self._drop_batch_duplicates(works)
+        claimed, replayed, skipped = await self._claim(works)
+        duplicates += skipped
+        for work in claimed:
+            await self._handle(work)
+        succeeded = [w for w in claimed if w.error is None]
+        failed = [w for w in claimed if w.error is not None]
+        for work in failed:
+            assert work.error is not None
+            routed.append(self._route(work.record, work.event_id, work.error))
+        await self._dedup.store_results([(w.event_id, _encode_outputs(w.outputs)) for w in succeeded])
+        rejected = await self._deliver([*succeeded, *replayed], routed)
+        done = [w for w in (*succeeded, *replayed) if all(w is not r for r in rejected)]
+        await self._dedup.mark_done([w.event_id for w in done])
+        await self._dedup.release([w.event_id for w in failed])
+        await self._dedup.forget([w.event_id for w in rejected])
+        self._record_done(done, duplicates)
+
+    # -- decode/validate -------------------------------------------------------------------------------
+
+    def _decode(self, records: Sequence[InRecord], routed: list[OutRecord]) -> list[_Work]:
+        works = []
+        for record in records:
+            try:
+                event, event_id = self._decoder.decode(record.value, record.headers)
+            except InvalidEvent as exc:
+                self._metrics.record_outcome(*self._labels, "invalid")
+                routed.append(self._dead_letter(record, None, exc, exc.reason))
+                continue
+            works.append(_Work(record, event, event_id))
+        return works
+
+    def _drop_batch_duplicates(self, works: list[_Work]) -> tuple[list[_Work], int]:
+        # The first copy in a batch carries the event; later copies are duplicates whatever its fate.
+        seen: set[str] = set()
+        unique = []
+        for work in works:
+            if work.event_id not in seen:
+                seen.add(work.event_id)
+                unique.append(work)
+        return unique, len(works) - len(unique)
+
+    # -- dedup -----------------------------------------------------------------------------------------
+
+    async def _claim(self, works: list[_Work]) -> tuple[list[_Work], list[_Work], int]:
+        """Split into (claimed: run the handler, replayed: stored outputs to produce, duplicates)."""
+        claimed: list[_Work] = []
+        replayed: list[_Work] = []
+        duplicates = 0
+        pending = works
+        wait = 0.05
+        while pending:
+            busy = []
+            for work, result in zip(pending, await self._dedup.claim([w.event_id for w in pending]), strict=True):
+                if result.status is Claim.CLAIMED:
+                    claimed.append(work)
+                elif result.status is Claim.DONE:
+                    duplicates += 1
+                elif result.status is Claim.STORED:
+                    work.outputs = _decode_outputs(result.stored)
+                    replayed.append(work)
+                else:
+                    busy.append(work)
+            if busy:
+                # Another processor holds these ids (a copy on another partition, or a replica that is
+                # finishing before a rebalance): wait for its outcome, never process alongside it.
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, 1.0)
+            pending = busy
+        order = {id(w): i for i, w in enumerate(works)}
+        claimed.sort(key=lambda w: order[id(w)])
+        return claimed, replayed, duplicates
+
+    # -- handler ---------------------------------------------------------------------------------------
+
+    async def _handle(self, work: _Work) -> None:
+        record = work.record
+        attempts = h.attempts_of(record.headers)
+        ctx = Context(
+            topology=self.topology, handler=self.spec.name, event_id=work.event_id, topic=record.topic,
+            partition=record.partition, offset=record.offset, attempt=attempts + 1, key=record.key,
+            headers=record.headers, dependencies=self._dependencies,
+        )
+        work.started = self._clock()
+        try:
+            outputs = await self._call(work.event, ctx)
+            work.outputs = [self._encode_output(o, record, work.event_id) for o in outputs]
+        except Exception as exc:
+            work.error = exc
+
+    async def _call(self, event: dict[str, Any], ctx: Context) -> Sequence[Output]:
+        breaker = self._breaker
+        while True:
+            if breaker is not None and not breaker.allow():
+                await self._hold_while_open(breaker)  # returns holding a call slot
+            try:
+                async with asyncio.timeout(self.spec.timeout_seconds):
+                    outputs = await self.spec.func(event, ctx)
+            except Exception as exc:
+                if breaker is not None and self.spec.retry.is_retryable(exc):
+                    breaker.record(False)
+                    if breaker.state is not BreakerState.CLOSED:
+                        # The dependency is down: keep this event and try again when the breaker
+                        # half-opens, instead of burning it into the retry tiers or the DLQ.
+                        continue
+                raise
+            if breaker is not None:
+                breaker.record(True)
+            return outputs or ()
+
+    async def _hold_while_open(self, breaker: Breaker) -> None:
+        if self._partitions is not None:
+            self._partitions.pause_all("breaker")
+        try:
+            await breaker.wait_until_allowed()
+        finally:
+            if self._partitions is not None:
+                self._partitions.resume_all("breaker")
+
+    def _encode_output(self, output: Output, source: InRecord, event_id: str) -> OutRecord:
+        if output.topic not in self.spec.outputs:
+            raise FatalError(f"output topic {output.topic!r} is not declared in outputs={self.spec.outputs}")
+        try:
+            value = orjson.dumps(output.value)
+        except TypeError as exc:
+            raise FatalError(f"output to {output.topic} is not JSON-serialisable: {exc}") from None
+        key = output.key.encode() if isinstance(output.key, str) else output.key
+        headers = [(k, v) for k, v in source.headers.items() if k in h.TRACE_HEADERS]
+        headers.append((h.EVENT_ID, event_id.encode()))
+        return OutRecord(output.topic, value, key if key is not None else source.key, headers)
+
+    # -- failure routing -------------------------------------------------------------------------------
+
+    def _route(self, record: InRecord, event_id: str, exc: BaseException) -> OutRecord:
+        attempts = h.attempts_of(record.headers) + 1
+        tiers = self.spec.retry_topics
+        if not self.spec.retry.is_retryable(exc):
+            return self._dead_letter(record, event_id, exc, FATAL_ERROR)
+        if attempts > len(tiers):
+            return self._dead_letter(record, event_id, exc, RETRIES_EXHAUSTED)
+        tier = attempts - 1
+        now_ms = int(self._clock() * 1000)
+        due_ms = now_ms + int(self.spec.retry.delay_seconds(tier) * 1000)
+        headers = self._failure_headers(record, event_id, exc, attempts, "retry", due_ms)
+        self._metrics.record_retry(*self._labels, self.spec.retry.tier_names()[tier], type(exc).__name__)
+        self._metrics.record_outcome(*self._labels, "retried")
+        return OutRecord(tiers[tier], record.value, record.key, headers)
+
+    def _dead_letter(
+        self, record: InRecord, event_id: str | None, exc: BaseException, reason: str
+    ) -> OutRecord:
+        attempts = h.attempts_of(record.headers) + (0 if isinstance(exc, InvalidEvent) else 1)
+        headers = self._failure_headers(record, event_id, exc, attempts, reason, None)
+        self._metrics.record_dead_letter(*self._labels, reason)
+        if not isinstance(exc, InvalidEvent):
+            self._metrics.record_outcome(*self._labels, "dead_lettered")
+        return OutRecord(self.spec.dlq_topic, record.value, record.key, headers)
+
+    def _failure_headers(
+        self, record: InRecord, event_id: str | None, exc: BaseException, attempts: int, reason: str,
+        due_ms: int | None,
+    ) -> list[tuple[str, bytes]]:
+        origin = h.Origin.of(record.headers, record.topic, record.partition, record.offset, record.timestamp_ms)
+        return h.failure_headers(
+            origin=origin, incoming=record.headers, topology=self.topology, handler=self.spec.name,
+            group=self.group, event_id=event_id, attempts=attempts, now_ms=int(self._clock() * 1000),
+            reason=reason, exc=exc, due_ms=due_ms,
+        )
+
+    # -- delivery --------------------------------------------------------------------------------------
+
+    async def _deliver(self, works: list[_Work], routed: list[OutRecord]) -> list[_Work]:
+        """Produce every output and routed record and wait for the broker; returns works whose outputs the
+        broker refused for good (they are dead-lettered instead)."""
+        owners: list[_Work | None] = []
+        records: list[OutRecord] = []
+        for work in works:
+            for out in work.outputs:
+                owners.append(work)
+                records.append(out)
+        owners += [None] * len(routed)
+        records += routed
+        rejected: list[_Work] = []
+        wait = 0.1
+        kafka_down = False
+        while records:
+            errors = await self._sink.send(records)
+            next_owners: list[_Work | None] = []
+            next_records: list[OutRecord] = []
+            transient = False
+            for owner, record, error in zip(owners, records, errors, strict=True):
+                if error is None:
+                    continue
+                if owner is not None and not error.retriable:
+                    if all(owner is not r for r in rejected):
+                        rejected.append(owner)
+                        refused = FatalError(f"the broker refused an output to {record.topic}: {error.message}")
+                        next_owners.append(None)
+                        next_records.append(self._dead_letter(owner.record, owner.event_id, refused, OUTPUT_REJECTED))
+                    continue
+                # Transient (broker away, leader moving), or a retry/DLQ record that must not be lost:
+                # send it again; the partition stalls rather than losing the event.
+                log.warning("delivery to %s failed (%s); sending again", record.topic, error.message)
+                transient = True
+                next_owners.append(owner)
+                next_records.append(record)
+            if transient:
+                kafka_down = True
+                self._on_dependency("kafka", False)
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, 5.0)
+            owners, records = next_owners, next_records
+        if kafka_down:
+            self._on_dependency("kafka", True)
+        return rejected
+
+    def _record_done(self, done: Sequence[_Work], duplicates: int) -> None:
+        now = self._clock()
+        self._metrics.record_outcome(*self._labels, "duplicate", duplicates)
+        self._metrics.record_outcome(*self._labels, "success", len(done))
+        processing = self._metrics.processing.labels(*self._labels)
+        end_to_end = self._metrics.end_to_end.labels(*self._labels)
+        for work in done:
+            if work.started:
+                processing.observe(now - work.started)
+            origin_ms = int(work.record.headers.get(h.ORIG_TIMESTAMP_MS, work.record.timestamp_ms))
+            end_to_end.observe(max(0.0, now - origin_ms / 1000))
+
+
+def _encode_outputs(outputs: Sequence[OutRecord]) -> bytes:
+    return orjson.dumps([
+        [o.topic, o.value.decode() if o.value is not None else None,
+         o.key.decode("latin-1") if o.key is not None else None,
+         [[k, v.decode("latin-1")] for k, v in o.headers]]
+        for o in outputs
+    ])
+
+
+def _decode_outputs(payload: bytes) -> list[OutRecord]:
+    return [
+        OutRecord(topic, value.encode() if value is not None else None,
+                  key.encode("latin-1") if key is not None else None,
+                  [(k, v.encode("latin-1")) for k, v in headers])
+        for topic, value, key, headers in orjson.loads(payload)
+    ]

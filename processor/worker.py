@@ -1,0 +1,219 @@
+"""The Faust side: one Faust app (one consumer group) per handler, all run by one worker process.
+
+A handler's app has one agent reading its source topic and its retry tiers with manual acks; every record
+goes to the partition queues, which run the pipeline and ack afterwards. Each handler is its own consumer
+group so that fan-out handlers progress, pause and commit independently: one handler's open breaker or
+backlog never holds back another's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import ssl
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import faust
+import redis.asyncio as aioredis
+from faust.types import TP
+
+from processor import headers as h
+from processor.breaker import Breaker
+from processor.codec import Decoder, compile_schema
+from processor.config import Settings
+from processor.dedup import Dedup
+from processor.kafka import DeliveringProducer, ensure_topics
+from processor.metrics import Metrics
+from processor.partitions import PartitionQueues
+from processor.pipeline import InRecord, Pipeline
+from processor.topology import HandlerSpec, Topology
+
+log = logging.getLogger(__name__)
+
+# Measured on the embedded broker: the group join is as slow as the session timeout allows (see README,
+# "Worker start-up"). 10 s with a 1 s heartbeat keeps failure detection fast and safe on real Kafka too.
+FAUST_SETTINGS: Mapping[str, Any] = {
+    "value_serializer": "raw",
+    "key_serializer": "raw",
+    "web_enabled": False,
+    "topic_disable_leader": True,
+    "stream_wait_empty": False,  # the partition queues ack; held retry records must not block a rebalance
+    "consumer_auto_offset_reset": "earliest",
+    "broker_session_timeout": 10.0,
+    "broker_heartbeat_interval": 1.0,
+    "broker_commit_interval": 1.0,
+    "autodiscover": False,
+    "store": "memory://",
+}
+
+
+@dataclass
+class Runtime:
+    """What every handler of one worker process shares."""
+
+    settings: Settings
+    metrics: Metrics
+    producer: DeliveringProducer
+    redis: aioredis.Redis
+    breakers: dict[str, Breaker]
+    dependencies: dict[str, Any]
+    owner: str
+
+
+def faust_credentials(settings: Settings) -> Any:
+    """Kafka security settings in Faust's spelling (None for PLAINTEXT)."""
+    protocol = settings.kafka_security_protocol
+    context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=settings.kafka_ssl_ca_location)
+    if protocol.startswith("SASL_"):
+        password = settings.kafka_sasl_password.reveal() if settings.kafka_sasl_password else None
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username, password=password, ssl_context=context,
+            mechanism=settings.kafka_sasl_mechanism,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+def _record(message: Any) -> InRecord:
+    raw = message.headers or ()
+    headers = dict(raw.items() if isinstance(raw, Mapping) else raw)
+    timestamp = message.timestamp
+    return InRecord(
+        topic=message.topic, partition=message.partition, offset=message.offset,
+        timestamp_ms=int(timestamp * 1000) if timestamp else 0, key=message.key, value=message.value,
+        headers=headers,
+    )
+
+
+def _tp(tp: Any) -> TP:
+    # Faust asserts its own TP type in its active set; messages may carry aiokafka's.
+    return TP(tp.topic, tp.partition)
+
+
+class _Fetching:
+    """Pauses and resumes partitions at a Faust app's consumer."""
+
+    def __init__(self, app: faust.App) -> None:
+        self._app = app
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def pause(self, tp: Any) -> None:
+        self._app.consumer.pause_partitions({_tp(tp)})
+
+    def resume(self, tp: Any, next_offset: int) -> None:
+        task = asyncio.get_running_loop().create_task(self._seek_and_resume(_tp(tp), next_offset))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _seek_and_resume(self, tp: TP, next_offset: int) -> None:
+        # Faust drops fetched records of a partition paused mid-batch: fetch again from what we expect.
+        if next_offset >= 0:
+            await self._app.consumer.seek(tp, next_offset)
+        self._app.consumer.resume_partitions({tp})
+
+
+def build_handler_app(topology: Topology, spec: HandlerSpec, runtime: Runtime) -> faust.App:
+    """A Faust app running one handler over its source topic and retry tiers."""
+    settings = runtime.settings
+    group = topology.group(spec.name)
+    app = faust.App(
+        group, broker=f"kafka://{settings.kafka_bootstrap_servers}",
+        broker_credentials=faust_credentials(settings), **FAUST_SETTINGS,
+    )
+    validator = compile_schema(topology.schemas_dir, spec.schema) if spec.schema else None
+    metrics = runtime.metrics
+    dedup = Dedup(
+        runtime.redis, namespace=f"dedup:{group}", owner=runtime.owner,
+        lease_seconds=topology.claim_lease_seconds, ttl_seconds=topology.dedup_ttl_seconds,
+        on_dependency=lambda up: metrics.set_dependency_up("redis", up),
+    )
+    paused = metrics.paused_partitions
+    fetching = _Fetching(app)
+    queues: PartitionQueues[Any] = PartitionQueues(
+        run=lambda records: pipeline.run(records),
+        ack=lambda event: cast(Any, event).ack(),
+        pause=fetching.pause,
+        resume=fetching.resume,
+        on_pause_change=lambda reason, delta: paused.labels(topology.name, spec.name, reason).inc(delta),
+    )
+    pipeline = Pipeline(
+        topology.name, spec, group=group,
+        decoder=Decoder(validator, spec.event_id, topology.max_event_bytes),
+        dedup=dedup, sink=runtime.producer, metrics=metrics,
+        breaker=runtime.breakers.get(spec.breaker) if spec.breaker else None,
+        partitions=queues,
+        dependencies=runtime.dependencies,
+        on_dependency=metrics.set_dependency_up,
+    )
+    topic = app.topic(spec.source, *spec.retry_topics, value_serializer="raw", key_serializer="raw")
+
+    async def consume(stream: Any) -> None:
+        async for event in stream.noack().events():
+            record = _record(event.message)
+            queues.put(event.message.tp, record, h.due_at_ms(record.headers), event)
+
+    app.agent(topic, name=f"{group}.consume")(consume)
+
+    assigned = metrics.assigned_partitions.labels(topology.name, spec.name)
+
+    async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        queues.revoke(list(revoked))
+        assigned.set(0)
+
+    async def on_assigned(sender: Any, assigned_tps: Any, **kwargs: Any) -> None:
+        assigned.set(len(assigned_tps))
+
+    cast(Any, app.on_partitions_revoked).connect(on_revoked)
+    cast(Any, app.on_partitions_assigned).connect(on_assigned)
+
+    return app
+
+
+class Worker:
+    """Runs every handler of a topology in this process until SIGTERM/SIGINT."""
+
+    def __init__(self, topology: Topology, settings: Settings, *, create_topics: bool = True) -> None:
+        self.topology = topology
+        self.settings = settings
+        self.create_topics = create_topics
+        self.metrics = Metrics()
+        owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        breakers = {
+            name: Breaker(name, config, on_change=self.metrics.set_circuit_state)
+            for name, config in topology.breakers.items()
+        }
+        for name in breakers:
+            self.metrics.set_circuit_state(name, breakers[name].state)
+        self.runtime = Runtime(
+            settings=settings, metrics=self.metrics,
+            producer=DeliveringProducer(settings, client_id=f"processor-{topology.name}"),
+            redis=aioredis.Redis.from_url(settings.redis_url.reveal(), socket_timeout=5, socket_connect_timeout=2),
+            breakers=breakers, owner=owner,
+            dependencies={name: factory(settings) for name, factory in topology.dependencies.items()},
+        )
+        self.metrics.set_dependency_up("redis", True)
+        self.metrics.set_dependency_up("kafka", True)
+        self.apps = [build_handler_app(topology, spec, self.runtime) for spec in topology.handlers]
+
+    def run(self) -> None:
+        """Create the topics (unless told not to), serve /metrics, and run until stopped."""
+        if self.create_topics:
+            ensure_topics(
+                self.settings, self.topology.topics(),
+                self.topology.partitions or self.settings.topic_partitions,
+                self.settings.topic_replication_factor,
+            )
+        self.metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
+        worker = faust.Worker(*self.apps, loglevel=self.settings.log_level, quiet=True)
+        try:
+            worker.execute_from_commandline()
+        finally:
+            self.runtime.producer.close()
