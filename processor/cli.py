@@ -141,6 +141,63 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- dlq -----------------------------------------------------------------------------------------------------
+
+
+def cmd_dlq_list(args: argparse.Namespace) -> int:
+    import orjson
+
+    from processor.dlq import list_entries
+    from processor.topology import load_topology
+
+    settings = _settings(args)
+    _import_path()
+    topology = load_topology(args.topology)
+    entries = list_entries(settings, topology, args.handler, args.limit)
+    if args.json:
+        sys.stdout.write(orjson.dumps([e.summary() for e in entries], option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    if not entries:
+        print("no dead-lettered events")
+        return 0
+    print(f"{'handler':<20}{'position':<12}{'event id':<38}{'reason':<20}{'attempts':>8}  original")
+    for e in entries:
+        print(f"{e.handler:<20}{e.position:<12}{(e.event_id or '-'):<38}{e.reason:<20}{e.attempts:>8}  "
+              f"{e.original_topic}[{e.original_partition}:{e.original_offset}]  {e.exception}: {e.message[:80]}")
+    return 0
+
+
+def cmd_dlq_replay(args: argparse.Namespace) -> int:
+    from processor.dlq import replay
+    from processor.topology import load_topology
+
+    settings = _settings(args)
+    _import_path()
+    topology = load_topology(args.topology)
+    outcome = replay(settings, topology, args.handler, event_ids=None if args.all else args.event_id,
+                     dry_run=args.dry_run, rate_per_second=args.rate, force=args.force)
+    verb = "would replay" if args.dry_run else "replayed"
+    for e in outcome.replayed:
+        print(f"{verb} {e.event_id or '-'} from {e.dlq_topic}[{e.position}] ({e.reason})")
+    for e in outcome.already_replayed:
+        print(f"skipped {e.event_id or '-'} from {e.dlq_topic}[{e.position}]: replayed before (--force to repeat)")
+    for event_id in outcome.not_found:
+        print(f"not found in the DLQ: {event_id}")
+    print(f"{verb} {len(outcome.replayed)}, skipped {len(outcome.already_replayed)}, "
+          f"not found {len(outcome.not_found)}")
+    return 1 if outcome.not_found else 0
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of events per second") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    return value
+
+
 # -- demo --------------------------------------------------------------------------------------------------
 
 
@@ -224,6 +281,38 @@ def build_parser() -> argparse.ArgumentParser:
                         "[env PROCESSOR_TOPIC_REPLICATION_FACTOR, default 1]")
     _add_settings_flags(create)
     create.set_defaults(func=cmd_topics_create)
+
+    dlq = commands.add_parser("dlq", help="inspect and replay dead-lettered events",
+                              description="Inspect a topology's dead-letter topics and replay entries.")
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    listing = dlq_commands.add_parser(
+        "list", help="show DLQ entries with their reason, attempts and original position",
+        description="List the entries of TOPOLOGY's dead-letter topics, oldest first.",
+    )
+    listing.add_argument("topology", help="module path of the topology")
+    listing.add_argument("--handler", help="only this handler's DLQ")
+    listing.add_argument("--limit", type=_positive, help="at most N entries")
+    listing.add_argument("--json", action="store_true", help="JSON instead of a table")
+    _add_settings_flags(listing)
+    listing.set_defaults(func=cmd_dlq_list)
+    again = dlq_commands.add_parser(
+        "replay", help="send DLQ entries back to their handler, once each",
+        description="Send entries of HANDLER's DLQ back to that handler (through its first retry topic, due "
+        "at once, attempts reset). Each entry is replayed once: a ledger in Redis remembers what was "
+        "replayed. An event the handler processed meanwhile is skipped by dedup unless --force. Exits 1 "
+        "when an --event-id is not in the DLQ.",
+    )
+    again.add_argument("topology", help="module path of the topology")
+    again.add_argument("--handler", required=True, help="the handler whose DLQ to replay")
+    which = again.add_mutually_exclusive_group(required=True)
+    which.add_argument("--event-id", nargs="+", metavar="ID", help="replay the entries of these event ids")
+    which.add_argument("--all", action="store_true", help="replay every entry not replayed before")
+    again.add_argument("--dry-run", action="store_true", help="show what would be replayed, change nothing")
+    again.add_argument("--rate", type=_rate, metavar="N", help="at most N events per second")
+    again.add_argument("--force", action="store_true",
+                       help="replay entries replayed before, and process events even if already processed")
+    _add_settings_flags(again)
+    again.set_defaults(func=cmd_dlq_replay)
 
     demo = commands.add_parser(
         "demo", help="run the reference topology under load and print an account of it",

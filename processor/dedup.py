@@ -84,6 +84,11 @@ return n
 """
 
 
+def dedup_key(group: str, event_id: str) -> str:
+    """The Redis key of one event id in one handler's (consumer group's) dedup space."""
+    return f"dedup:{group}:{event_id}"
+
+
 class Claim(enum.Enum):
     CLAIMED = "claimed"  # ours: run the handler
     DONE = "done"  # a duplicate of a processed event: skip
@@ -104,7 +109,7 @@ class Dedup:
         self,
         client: aioredis.Redis,
         *,
-        namespace: str,
+        group: str,
         owner: str,
         lease_seconds: float,
         ttl_seconds: int,
@@ -112,7 +117,7 @@ class Dedup:
         max_backoff_seconds: float = 5.0,
     ) -> None:
         self._redis = client
-        self._ns = namespace
+        self._group = group
         self._owner = owner
         self._lease_ms = int(lease_seconds * 1000)
         self._ttl = ttl_seconds
@@ -123,7 +128,7 @@ class Dedup:
         self._release = client.register_script(_RELEASE)
 
     def key(self, event_id: str) -> str:
-        return f"{self._ns}:{event_id}"
+        return dedup_key(self._group, event_id)
 
     async def claim(self, event_ids: Sequence[str]) -> list[ClaimResult]:
         """Claim every id; one result per id, in order."""

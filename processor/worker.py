@@ -131,7 +131,7 @@ def build_handler_app(topology: Topology, spec: HandlerSpec, runtime: Runtime) -
     validator = compile_schema(topology.schemas_dir, spec.schema) if spec.schema else None
     metrics = runtime.metrics
     dedup = Dedup(
-        runtime.redis, namespace=f"dedup:{group}", owner=runtime.owner,
+        runtime.redis, group=group, owner=runtime.owner,
         lease_seconds=topology.claim_lease_seconds, ttl_seconds=topology.dedup_ttl_seconds,
         on_dependency=lambda up: metrics.set_dependency_up("redis", up),
     )

@@ -30,6 +30,9 @@ class Backend:
     redis_url: str
     broker: ServerProcess | None = None
 
+    def env(self) -> dict[str, str]:
+        return {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers, "REDIS_URL": self.redis_url}
+
     def settings(self, **overrides: str) -> Settings:
         return Settings.load(overrides={
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers, "REDIS_URL": self.redis_url, **overrides,

@@ -145,3 +145,14 @@ def read_topic(bootstrap: str, topic: str, expect: int, timeout: float = 60.0, s
         return out
     finally:
         consumer.close()
+
+
+def bed_worker(backend_env: Mapping[str, str], name: str, log_dir: Path, **options: str) -> WorkerProcess:
+    """A worker of tests/topologies/testbed.py; ``options`` are TESTBED_* settings without the prefix."""
+    env = {**backend_env, "TESTBED_NAME": name, "PROCESSOR_LOG_LEVEL": "INFO"}
+    env.update({f"TESTBED_{k.upper()}": v for k, v in options.items()})
+    return WorkerProcess("tests.topologies.testbed", env, log_dir, name=f"worker-{name}")
+
+
+def event(event_id: str, n: int = 0) -> tuple[bytes, bytes]:
+    return event_id.encode(), orjson.dumps({"event_id": event_id, "n": n})

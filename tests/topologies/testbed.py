@@ -1,0 +1,79 @@
+"""A topology for integration tests, shaped by environment variables so one module serves every test.
+
+- ``TESTBED_NAME``: topology name, and prefix of every topic (source ``<name>.in``)
+- ``TESTBED_HANDLERS``: comma-separated handler names (fan-out), default ``a``; outputs ``<name>.<h>.out``
+- ``TESTBED_RETRY``: comma-separated delays, default ``1s,2s``
+- ``TESTBED_FAIL_ATTEMPTS``: every event fails its first N attempts (RuntimeError), default 0
+- ``TESTBED_LATENCY_MS``: each call sleeps this long first, default 0
+- ``TESTBED_BREAKER``: ``1`` puts the handlers behind breaker ``dep`` (opens fast, half-opens after 2 s)
+- ``TESTBED_MAX_BYTES``: size limit of an input event, default 2048
+- ``TESTBED_PARTITIONS``: partitions of the topics the worker creates
+
+While the Redis key ``testbed:<name>:broken`` exists every call fails with a RetryableError (a dependency
+that is down). Every call goes through a SimulatedService named ``<name>-<handler>``, which records
+calls, completions and side effects per idempotency key in Redis for the test to check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from processor import BreakerConfig, Context, Output, Retry, RetryableError, Settings, SimulatedService, Topology
+
+NAME = os.environ["TESTBED_NAME"]
+HANDLERS = [h for h in os.environ.get("TESTBED_HANDLERS", "a").split(",") if h]
+FAIL_ATTEMPTS = int(os.environ.get("TESTBED_FAIL_ATTEMPTS", "0"))
+LATENCY = float(os.environ.get("TESTBED_LATENCY_MS", "0")) / 1000
+BREAKER = os.environ.get("TESTBED_BREAKER") == "1"
+
+topology = Topology(
+    NAME,
+    schemas_dir=Path(__file__).parent / "schemas",
+    max_event_bytes=int(os.environ.get("TESTBED_MAX_BYTES", "2048")),
+    partitions=int(os.environ["TESTBED_PARTITIONS"]) if os.environ.get("TESTBED_PARTITIONS") else None,
+    claim_lease_seconds=float(os.environ.get("TESTBED_LEASE_SECONDS", "30")),
+    breakers={"dep": BreakerConfig(failure_rate=0.5, window_seconds=5, min_calls=5, open_seconds=2,
+                                   half_open_probes=1)} if BREAKER else {},
+)
+
+
+@topology.dependency("redis")
+def _redis(settings: Settings) -> aioredis.Redis:
+    return aioredis.Redis.from_url(settings.redis_url.reveal())
+
+
+def _make(handler: str) -> None:
+    service: dict[str, SimulatedService] = {}
+
+    async def handle(event: dict[str, Any], ctx: Context) -> list[Output]:
+        client = ctx.dependency("redis")
+        if handler not in service:
+            service[handler] = SimulatedService(f"{NAME}-{handler}", client)
+        due = ctx.headers.get("x-processor-due-at-ms", b"0").decode()
+        await client.rpush(f"testbed:{NAME}:{handler}:attempts",
+                           f"{ctx.event_id}|{ctx.attempt}|{due}|{int(time.time() * 1000)}")
+        if LATENCY:
+            await asyncio.sleep(LATENCY)
+        if ctx.attempt <= FAIL_ATTEMPTS:
+            raise RuntimeError(f"planned failure of attempt {ctx.attempt}")
+        if await client.exists(f"testbed:{NAME}:broken"):
+            raise RetryableError("dependency is down")
+        await service[handler].call(ctx.idempotency_key)
+        return [Output(f"{NAME}.{handler}.out", {"event_id": ctx.event_id, "n": event["n"]})]
+
+    handle.__name__ = handler
+    topology.handler(
+        source=f"{NAME}.in", schema="testbed_event",
+        retry=Retry(delays=tuple(os.environ.get("TESTBED_RETRY", "1s,2s").split(","))),
+        outputs=(f"{NAME}.{handler}.out",), breaker="dep" if BREAKER else None, name=handler,
+    )(handle)
+
+
+for _handler in HANDLERS:
+    _make(_handler)
