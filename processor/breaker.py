@@ -79,7 +79,7 @@ class Breaker:
             return  # a call that started before the breaker opened; its outcome says nothing new
         self._calls.append((now, ok))
         horizon = now - self._config.window_seconds
-        while self._calls and self._calls[0][0] < horizon:
+        while self._calls and (self._calls[0][0] < horizon or len(self._calls) > self._config.window_calls):
             self._calls.popleft()
         failures = sum(1 for _, good in self._calls if not good)
         if len(self._calls) >= self._config.min_calls and failures / len(self._calls) >= self._config.failure_rate:

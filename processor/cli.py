@@ -320,9 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
         "duplicates and malformed ones) and print, per handler: in, processed, duplicates, retried, "
         "dead-lettered and p99 processing time. Exit 0 when every event is accounted for.",
     )
-    demo.add_argument("--events", type=_positive, default=500, help="orders to produce (default 500)")
-    demo.add_argument("--duplicates", type=_non_negative, default=25, help="extra copies of orders (default 25)")
-    demo.add_argument("--malformed", type=_non_negative, default=10, help="malformed events (default 10)")
+    demo.add_argument("--events", type=_positive, default=2000, help="orders to produce (default 2000)")
+    demo.add_argument("--duplicates", type=_non_negative, default=100, help="extra copies of orders (default 100)")
+    demo.add_argument("--malformed", type=_non_negative, default=20, help="malformed events (default 20)")
     demo.add_argument("--embedded", action="store_true",
                       help="start a private broker and Redis for the run instead of using the settings")
     demo.add_argument("--state-dir", type=Path, default=Path(".processor"), help="where logs go")

@@ -6,6 +6,7 @@ One key per (topology, handler, event id) walks through these states::
     "c|owner" --store_results--> "r|owner|deadline_ms|outputs"
                                              the handler succeeded; its outputs are being delivered
     "r|..." --mark_done--> "d"               outputs acknowledged by the broker; kept for the TTL
+    "r|..." --claim after the deadline-->    taken over: another worker produces the stored outputs
     "c|owner" --release--> (absent)          the handler failed: the retry copy may claim it again
 
 Storing the handler's outputs before producing them (an outbox) means a worker that dies after the
@@ -46,7 +47,7 @@ for i, key in ipairs(KEYS) do
     out[i] = {'done', ''}
   elseif string.sub(v, 1, 2) == 'r|' then
     local owner, deadline, payload = string.match(v, '^r|([^|]*)|(%d+)|(.*)$')
-    if owner == ARGV[1] or tonumber(deadline) < now_ms then
+    if tonumber(deadline) < now_ms then
       local taken = 'r|' .. ARGV[1] .. '|' .. (now_ms + tonumber(ARGV[2])) .. '|' .. payload
       redis.call('SET', key, taken, 'KEEPTTL')
       out[i] = {'stored', payload}

@@ -40,9 +40,9 @@ TOPOLOGY = "topologies.orders"
 class DemoOptions:
     """How big and how hostile the demo run is."""
 
-    events: int = 500
-    duplicates: int = 25
-    malformed: int = 10
+    events: int = 2000
+    duplicates: int = 100
+    malformed: int = 20
     failure_rate: float = 0.05
     outage_seconds: float = 4.0
     timeout_seconds: float = 120.0
@@ -134,11 +134,11 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
         print(f"demo: producing {len(records)} events ({options.events} orders, {options.duplicates} "
               f"duplicates, {options.malformed} malformed) to 'orders'; worker log: {log_path}")
         started = time.monotonic()
-        half = len(records) // 2
-        produce(settings, records[:half])
+        produce(settings, records)
         if options.outage_seconds:
+            # Take the gateway down while the handler is busy, so that its breaker has calls to count.
+            _wait_progress(url, "charge_payment", len(records) // 4, before, started + options.timeout_seconds)
             asyncio.run(_outage(settings, options.outage_seconds))
-        produce(settings, records[half:])
         final = _wait_accounted(url, proc, handlers, len(records), before, started + options.timeout_seconds)
         elapsed = time.monotonic() - started
     finally:
@@ -160,6 +160,11 @@ async def _outage(settings: Settings, seconds: float) -> None:
     await asyncio.sleep(seconds)
     await set_outage(client, "payment-gateway", False)
     await client.aclose()
+
+
+def _wait_progress(url: str, handler: str, count: int, before: Scrape, deadline: float) -> None:
+    while _accounted(scrape(url), before, handler) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _accounted(s: Scrape, before: Scrape, handler: str) -> float:
@@ -199,8 +204,10 @@ def _print_summary(s: Scrape, before: Scrape, handlers: list[str], total: int, e
         print(f"{handler:<20}{total:>7}{delta(handler, 'success'):>11}{delta(handler, 'duplicate'):>12}"
               f"{delta(handler, 'retried'):>9}{dead:>15}{p99_text:>9}")
         ok = ok and _accounted(s, before, handler) == total
-    breaker = s.value("processor_circuit_state", breaker="payment-gateway")
-    print(f"\nbreaker payment-gateway now: {['closed', 'half-open', 'open'][int(breaker)]}")
+    state = ["closed", "half-open", "open"][int(s.value("processor_circuit_state", breaker="payment-gateway"))]
+    opened = round(s.value("processor_circuit_opened_total", breaker="payment-gateway")
+                   - before.value("processor_circuit_opened_total", breaker="payment-gateway"))
+    print(f"\nbreaker payment-gateway: opened {opened} time(s) during the run, now {state}")
     if ok:
         print(f"every event accounted for in {elapsed:.1f}s: processed, skipped as duplicate, or dead-lettered")
     else:

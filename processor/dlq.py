@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import orjson
 import redis
@@ -64,7 +65,8 @@ class DlqEntry:
 
 
 def _entry(spec: HandlerSpec, msg: Message) -> DlqEntry:
-    raw = tuple((k, v if isinstance(v, bytes) else b"") for k, v in (msg.headers() or []))
+    pairs = cast(list[tuple[str, Any]], msg.headers() or [])
+    raw = tuple((k, v if isinstance(v, bytes) else b"") for k, v in pairs)
     hd = dict(raw)
 
     def text(name: str) -> str:
@@ -158,7 +160,7 @@ def replay(
     wanted = set(event_ids) if event_ids is not None else None
     client = redis.Redis.from_url(settings.redis_url.reveal())
     try:
-        ledger = {k.decode() for k in client.hkeys(ledger_key(topology, handler))}
+        ledger = {k.decode() if isinstance(k, bytes) else k for k in client.hkeys(ledger_key(topology, handler))}
     except redis.RedisError as exc:
         raise DependencyUnavailable(f"redis: {exc}") from None
     chosen: list[DlqEntry] = []
@@ -194,7 +196,7 @@ def _send(
                  (h.REPLAYED_AT_MS, str(int(time.time() * 1000)).encode())]
         if entry.event_id:
             kept.append((h.EVENT_ID, entry.event_id.encode()))
-        producer.produce(target, value=entry.value, key=entry.key, headers=kept)
+        producer.produce(target, value=entry.value, key=entry.key, headers=cast(Any, kept))
         producer.poll(0)
         if interval:
             time.sleep(interval)

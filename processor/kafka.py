@@ -46,7 +46,7 @@ class DeliveryError:
 _rdkafka_log = logging.getLogger("librdkafka")
 
 
-def client_config(settings: Settings, **extra: str | int | float | bool) -> dict[str, Any]:
+def client_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     """librdkafka settings for ``settings``, logging through Python logging instead of raw stderr."""
     return {**settings.kafka_client_config(), "logger": _rdkafka_log, **extra}
 
@@ -79,10 +79,9 @@ class DeliveringProducer:
     def __init__(self, settings: Settings, client_id: str, linger_ms: int = 5) -> None:
         # No compression: every Kafka client can read what we write without an extra codec library
         # (aiokafka, and so Faust, needs python-lz4 for lz4 batches).
-        extra: dict[str, str | int | float | bool] = {
+        config = client_config(settings, **{
             "client.id": client_id, "enable.idempotence": True, "acks": "all", "linger.ms": linger_ms,
-        }
-        config = client_config(settings, **extra)
+        })
         self._producer = Producer(config)
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name=f"{client_id}-delivery", daemon=True)

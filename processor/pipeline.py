@@ -112,8 +112,7 @@ class Pipeline:
         works, duplicates = self._drop_batch_duplicates(works)
         claimed, replayed, skipped = await self._claim(works)
         duplicates += skipped
-        for work in claimed:
-            await self._handle(work)
+        await self._handle_all(claimed)
         succeeded = [w for w in claimed if w.error is None]
         failed = [w for w in claimed if w.error is not None]
         for work in failed:
@@ -183,6 +182,26 @@ class Pipeline:
         return claimed, replayed, duplicates
 
     # -- handler ---------------------------------------------------------------------------------------
+
+    async def _handle_all(self, works: list[_Work]) -> None:
+        """Run the handler over ``works``: events with the same key in offset order, and up to
+        ``spec.concurrency`` keys at once (one at a time when concurrency is 1)."""
+        if self.spec.concurrency == 1:
+            for work in works:
+                await self._handle(work)
+            return
+        chains: dict[object, list[_Work]] = {}
+        for work in works:
+            # Unkeyed events promise no order: each is a chain of its own.
+            chains.setdefault(work.record.key if work.record.key is not None else id(work), []).append(work)
+        slots = asyncio.Semaphore(self.spec.concurrency)
+
+        async def run_chain(chain: list[_Work]) -> None:
+            async with slots:
+                for work in chain:
+                    await self._handle(work)
+
+        await asyncio.gather(*(run_chain(chain) for chain in chains.values()))
 
     async def _handle(self, work: _Work) -> None:
         record = work.record

@@ -67,13 +67,15 @@ DependencyFactory = Callable[["Settings"], Any]
 class BreakerConfig:
     """A circuit breaker around one dependency: closed -> open -> half-open -> closed.
 
-    It opens when, over the last ``window_seconds``, at least ``min_calls`` calls were made and the share
-    that failed reached ``failure_rate``; it waits ``open_seconds``, then lets ``half_open_probes``
-    calls through, and closes when they all succeed.
+    It opens when, among the last ``window_calls`` calls made within ``window_seconds``, at least
+    ``min_calls`` were made and the share that failed reached ``failure_rate``; it waits ``open_seconds``,
+    then lets ``half_open_probes`` calls through, and closes when they all succeed. The window counts
+    calls, not seconds, so that a busy handler trips after a few dozen failures, not after thousands.
     """
 
     failure_rate: float = 0.5
-    window_seconds: float = 10.0
+    window_calls: int = 20
+    window_seconds: float = 30.0
     min_calls: int = 10
     open_seconds: float = 5.0
     half_open_probes: int = 3
@@ -85,6 +87,8 @@ class BreakerConfig:
             raise ConfigError("breaker window_seconds and open_seconds must be > 0")
         if self.min_calls < 1 or self.half_open_probes < 1:
             raise ConfigError("breaker min_calls and half_open_probes must be >= 1")
+        if self.window_calls < self.min_calls:
+            raise ConfigError("breaker window_calls must be >= min_calls")
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,7 @@ class HandlerSpec:
     breaker: str | None
     timeout_seconds: float
     created_at: str | None
+    concurrency: int
 
     def retry_topic(self, tier: int) -> str:
         return f"{self.source}.{self.name}.retry.{self.retry.tier_names()[tier]}"
@@ -149,6 +154,7 @@ class Topology:
         breaker: str | None = None,
         timeout_seconds: float = 10.0,
         created_at: str | None = None,
+        concurrency: int = 1,
         name: str | None = None,
     ) -> Callable[[HandlerFunc], HandlerFunc]:
         """Register ``func`` as a handler of ``source``; see the README for every argument."""
@@ -157,7 +163,7 @@ class Topology:
             spec = HandlerSpec(
                 name=name or func.__name__, func=func, source=source, schema=schema, event_id=event_id,
                 retry=retry or Retry(), outputs=tuple(outputs), breaker=breaker,
-                timeout_seconds=timeout_seconds, created_at=created_at,
+                timeout_seconds=timeout_seconds, created_at=created_at, concurrency=concurrency,
             )
             self._check(spec)
             self.handlers.append(spec)
@@ -187,6 +193,8 @@ class Topology:
             raise ConfigError(f"handler {spec.name!r} is declared twice in topology {self.name!r}")
         if spec.breaker is not None and spec.breaker not in self.breakers:
             raise ConfigError(f"handler {spec.name}: breaker {spec.breaker!r} is not in Topology(breakers=...)")
+        if spec.concurrency < 1:
+            raise ConfigError(f"handler {spec.name}: concurrency must be >= 1")
         if spec.timeout_seconds >= self.claim_lease_seconds:
             raise ConfigError(f"handler {spec.name}: timeout_seconds must be below claim_lease_seconds")
 

@@ -25,7 +25,7 @@ from processor import BreakerConfig, Context, Output, Retry, Settings, Simulated
 topology = Topology(
     "orders",
     schemas_dir=Path(__file__).resolve().parent.parent / "schemas",
-    breakers={"payment-gateway": BreakerConfig(failure_rate=0.5, window_seconds=10, min_calls=10, open_seconds=3)},
+    breakers={"payment-gateway": BreakerConfig(failure_rate=0.5, window_calls=20, min_calls=10, open_seconds=3)},
 )
 
 DECLINED_TOKEN_PREFIX = "tok_declined"
@@ -49,7 +49,7 @@ _service("shipping")
 
 
 @topology.handler(
-    source="orders", schema="order_created", retry=Retry(delays=("1s", "5s", "30s")),
+    source="orders", schema="order_created", retry=Retry(delays=("1s", "5s", "30s")), concurrency=16,
     outputs=("inventory.reserved",),
 )
 async def reserve_inventory(event: dict[str, Any], ctx: Context) -> list[Output]:
@@ -62,7 +62,7 @@ async def reserve_inventory(event: dict[str, Any], ctx: Context) -> list[Output]
 
 
 @topology.handler(
-    source="orders", schema="order_created", retry=Retry(delays=("1s", "5s", "30s")),
+    source="orders", schema="order_created", retry=Retry(delays=("1s", "5s", "30s")), concurrency=16,
     outputs=("payments.captured", "payments.declined"), breaker="payment-gateway",
 )
 async def charge_payment(event: dict[str, Any], ctx: Context) -> list[Output]:
@@ -80,7 +80,7 @@ async def charge_payment(event: dict[str, Any], ctx: Context) -> list[Output]:
 
 
 @topology.handler(
-    source="orders", schema="order_created", retry=Retry(delays=("1s", "5s", "30s")),
+    source="orders", schema="order_created", retry=Retry(delays=("1s", "5s", "30s")), concurrency=16,
     outputs=("shipping.requested",),
 )
 async def notify_shipping(event: dict[str, Any], ctx: Context) -> list[Output]:

@@ -38,7 +38,7 @@ topology = Topology(
     max_event_bytes=int(os.environ.get("TESTBED_MAX_BYTES", "2048")),
     partitions=int(os.environ["TESTBED_PARTITIONS"]) if os.environ.get("TESTBED_PARTITIONS") else None,
     claim_lease_seconds=float(os.environ.get("TESTBED_LEASE_SECONDS", "30")),
-    breakers={"dep": BreakerConfig(failure_rate=0.5, window_seconds=5, min_calls=5, open_seconds=2,
+    breakers={"dep": BreakerConfig(failure_rate=0.5, window_calls=10, min_calls=5, open_seconds=2,
                                    half_open_probes=1)} if BREAKER else {},
 )
 
@@ -72,6 +72,7 @@ def _make(handler: str) -> None:
         source=f"{NAME}.in", schema="testbed_event",
         retry=Retry(delays=tuple(os.environ.get("TESTBED_RETRY", "1s,2s").split(","))),
         outputs=(f"{NAME}.{handler}.out",), breaker="dep" if BREAKER else None, name=handler,
+        timeout_seconds=min(10.0, topology.claim_lease_seconds / 2),
     )(handle)
 
 
