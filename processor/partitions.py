@@ -35,6 +35,7 @@ class _Partition:
     paused: set[str] = field(default_factory=set)
     task: asyncio.Task[None] | None = None
     next_offset: int = -1
+    in_flight: asyncio.Future[None] | None = None
 
 
 class PartitionQueues(Generic[TP]):
@@ -62,6 +63,7 @@ class PartitionQueues(Generic[TP]):
         self._clock = clock
         self._on_pause_change = on_pause_change
         self._partitions: dict[TP, _Partition] = {}
+        self._stopping = False
 
     def put(self, tp: TP, record: InRecord, due_ms: int, token: object) -> None:
         """Queue a consumed record; ``token`` is handed to ``ack`` once its batch is done."""
@@ -91,7 +93,13 @@ class PartitionQueues(Generic[TP]):
                 # A batch in flight finishes (its claims keep others off its events); only the wait ends.
                 part.task.cancel()
 
-    async def stop(self) -> None:
+    async def drain(self, timeout_seconds: float) -> None:
+        """On shutdown: start no new batch, let the batches in flight finish and ack (so the final commit
+        covers them), then forget every partition."""
+        self._stopping = True
+        pending = [p.in_flight for p in self._partitions.values() if p.in_flight is not None]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout_seconds)
         self.revoke(list(self._partitions))
 
     def pause_all(self, reason: str) -> None:
@@ -108,7 +116,7 @@ class PartitionQueues(Generic[TP]):
 
     async def _drain(self, tp: TP, part: _Partition) -> None:
         with contextlib.suppress(asyncio.CancelledError):
-            while True:
+            while not self._stopping:
                 if not part.queue:
                     part.wake.clear()
                     await part.wake.wait()
@@ -121,11 +129,16 @@ class PartitionQueues(Generic[TP]):
                 self._release(tp, part, "not_due")
                 batch = self._take_due(part)
                 # Shielded: a revoke during the batch must not cut it between produce and ack.
-                await asyncio.shield(self._run([record for record, _, _ in batch]))
-                for _, _, token in batch:
-                    self._ack(token)
+                part.in_flight = asyncio.ensure_future(self._run_and_ack(batch))
+                await asyncio.shield(part.in_flight)
+                part.in_flight = None
                 if len(part.queue) < self._low_water:
                     self._release(tp, part, "backpressure")
+
+    async def _run_and_ack(self, batch: list[tuple[InRecord, int, object]]) -> None:
+        await self._run([record for record, _, _ in batch])
+        for _, _, token in batch:
+            self._ack(token)
 
     def _take_due(self, part: _Partition) -> list[tuple[InRecord, int, object]]:
         now_ms = self._clock() * 1000

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
+import mode
 import redis.asyncio as aioredis
 from faust.types import TP
 
@@ -98,6 +99,19 @@ def _tp(tp: Any) -> TP:
     return TP(tp.topic, tp.partition)
 
 
+class _Drain(mode.Service):
+    """Stops before the consumer does (it is the app's last child), so in-flight batches finish and
+    their acks make the consumer's final commit on a graceful shutdown."""
+
+    def __init__(self, queues: PartitionQueues[Any], timeout_seconds: float) -> None:
+        super().__init__()
+        self._queues = queues
+        self._timeout = timeout_seconds
+
+    async def on_stop(self) -> None:
+        await self._queues.drain(self._timeout)
+
+
 class _Fetching:
     """Pauses and resumes partitions at a Faust app's consumer."""
 
@@ -161,6 +175,11 @@ def build_handler_app(topology: Topology, spec: HandlerSpec, runtime: Runtime) -
             queues.put(event.message.tp, record, h.due_at_ms(record.headers), event)
 
     app.agent(topic, name=f"{group}.consume")(consume)
+
+    async def attach_drain() -> None:
+        await app.add_runtime_dependency(_Drain(queues, timeout_seconds=spec.timeout_seconds + 5))
+
+    app.task(attach_drain)
 
     assigned = metrics.assigned_partitions.labels(topology.name, spec.name)
 

@@ -58,3 +58,31 @@ def test_sigkill_mid_stream_loses_nothing(backend: Backend, unique: str, tmp_pat
         first.kill()
         if second is not None:
             second.stop()
+
+
+def test_sigterm_mid_stream_finishes_in_flight_work(backend: Backend, unique: str, tmp_path: Path) -> None:
+    """A graceful stop lets the batches in flight finish and commits them: after a restart no handler
+    runs twice and no output repeats."""
+    client = redis.Redis.from_url(backend.redis_url)
+    options = {"latency_ms": "5", "lease_seconds": "5", "handlers": "a"}
+    first = bed_worker(backend.env(), unique, tmp_path, **options).start()
+    second = None
+    ids = [f"g{i}" for i in range(400)]
+    try:
+        first.wait_assigned(["a"])
+        produce(backend.bootstrap_servers, f"{unique}.in", [event(i, n) for n, i in enumerate(ids)])
+        first.wait_for(lambda: first.metrics().value("processor_events_total", handler="a", outcome="success") >= 100,
+                       60, "100 events processed before the stop")
+        first.stop()
+        second = bed_worker(backend.env(), unique, tmp_path, **options).start()
+        out = read_topic(backend.bootstrap_servers, f"{unique}.a.out", expect=len(ids), timeout=90, settle=3)
+        counts = Counter(m.json()["event_id"] for m in out)
+        assert set(counts) == set(ids)
+        assert max(counts.values()) == 1, counts.most_common(3)
+        completed = client.hgetall(f"sim:{unique}-a:completed")
+        assert len(completed) == len(ids)
+        assert set(completed.values()) == {b"1"}
+    finally:
+        first.kill()
+        if second is not None:
+            second.stop()
