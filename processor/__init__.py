@@ -3,7 +3,7 @@
 Write a topology module with ``Topology`` and ``@topology.handler``; run it with ``processor worker``.
 """
 
-from processor.breaker import BreakerState
+from processor.breaker import BreakerConfig, BreakerState
 from processor.config import Secret, Settings, SimulationSettings
 from processor.errors import (
     ConfigError,
@@ -17,9 +17,11 @@ from processor.errors import (
 )
 from processor.retry import Retry
 from processor.simulate import DownstreamError, SimulatedService, set_outage
-from processor.topology import BreakerConfig, Context, HandlerSpec, Output, Topology, load_topology
+from processor.slo import SLO
+from processor.topology import Context, HandlerSpec, Output, Topology, load_topology
 
 __all__ = [
+    "SLO",
     "BreakerConfig",
     "BreakerState",
     "ConfigError",

@@ -12,8 +12,37 @@ import contextlib
 import enum
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from processor.topology import BreakerConfig
+from processor.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    """A circuit breaker around one dependency: closed -> open -> half-open -> closed.
+
+    It opens when, among the last ``window_calls`` calls made within ``window_seconds``, at least
+    ``min_calls`` were made and the share that failed reached ``failure_rate``; it waits ``open_seconds``,
+    then lets ``half_open_probes`` calls through, and closes when they all succeed. The window counts
+    calls, not seconds, so that a busy handler trips after a few dozen failures, not after thousands.
+    """
+
+    failure_rate: float = 0.5
+    window_calls: int = 20
+    window_seconds: float = 30.0
+    min_calls: int = 10
+    open_seconds: float = 5.0
+    half_open_probes: int = 3
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.failure_rate <= 1.0:
+            raise ConfigError(f"breaker failure_rate {self.failure_rate} must be in (0, 1]")
+        if self.window_seconds <= 0 or self.open_seconds <= 0:
+            raise ConfigError("breaker window_seconds and open_seconds must be > 0")
+        if self.min_calls < 1 or self.half_open_probes < 1:
+            raise ConfigError("breaker min_calls and half_open_probes must be >= 1")
+        if self.window_calls < self.min_calls:
+            raise ConfigError("breaker window_calls must be >= min_calls")
 
 
 class BreakerState(enum.IntEnum):

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from processor.breaker import BreakerConfig
 from processor.errors import ConfigError
 from processor.retry import Retry
+from processor.slo import SLO
 
 if TYPE_CHECKING:
     from processor.config import Settings
@@ -64,34 +66,6 @@ DependencyFactory = Callable[["Settings"], Any]
 
 
 @dataclass(frozen=True)
-class BreakerConfig:
-    """A circuit breaker around one dependency: closed -> open -> half-open -> closed.
-
-    It opens when, among the last ``window_calls`` calls made within ``window_seconds``, at least
-    ``min_calls`` were made and the share that failed reached ``failure_rate``; it waits ``open_seconds``,
-    then lets ``half_open_probes`` calls through, and closes when they all succeed. The window counts
-    calls, not seconds, so that a busy handler trips after a few dozen failures, not after thousands.
-    """
-
-    failure_rate: float = 0.5
-    window_calls: int = 20
-    window_seconds: float = 30.0
-    min_calls: int = 10
-    open_seconds: float = 5.0
-    half_open_probes: int = 3
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.failure_rate <= 1.0:
-            raise ConfigError(f"breaker failure_rate {self.failure_rate} must be in (0, 1]")
-        if self.window_seconds <= 0 or self.open_seconds <= 0:
-            raise ConfigError("breaker window_seconds and open_seconds must be > 0")
-        if self.min_calls < 1 or self.half_open_probes < 1:
-            raise ConfigError("breaker min_calls and half_open_probes must be >= 1")
-        if self.window_calls < self.min_calls:
-            raise ConfigError("breaker window_calls must be >= min_calls")
-
-
-@dataclass(frozen=True)
 class HandlerSpec:
     """One handler as declared: its function and everything the worker needs to run it."""
 
@@ -137,6 +111,7 @@ class Topology:
     breakers: Mapping[str, BreakerConfig] = field(default_factory=dict)
     handlers: list[HandlerSpec] = field(default_factory=list)
     dependencies: dict[str, DependencyFactory] = field(default_factory=dict)
+    slos: Sequence[SLO] = ()
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -229,4 +204,10 @@ def load_topology(module_name: str) -> Topology:
         raise ConfigError(f"module {module_name!r} has no `topology = Topology(...)` object")
     if not topology.handlers:
         raise ConfigError(f"topology {topology.name!r} in {module_name!r} declares no handlers")
+    names = [slo.name for slo in topology.slos]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"topology {topology.name!r} declares an SLO name twice: {names}")
+    for slo in topology.slos:
+        if slo.handler is not None:
+            topology.get(slo.handler)  # raises ConfigError naming the handlers there are
     return topology

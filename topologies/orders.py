@@ -20,11 +20,19 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from processor import BreakerConfig, Context, Output, Retry, Settings, SimulatedService, Topology
+from processor import SLO, BreakerConfig, Context, Output, Retry, Settings, SimulatedService, Topology
 
 topology = Topology(
     "orders",
     schemas_dir=Path(__file__).resolve().parent.parent / "schemas",
+    slos=(
+        SLO("processing-latency", sli="latency", objective=0.999, threshold="500ms", window="30d",
+            description="99.9% of events are processed within 500 ms"),
+        SLO("delivery", sli="delivery", objective=0.999, window="30d",
+            description="99.9% of events are delivered, not dead-lettered"),
+        SLO("lag", sli="lag", objective=0.99, threshold="30s", window="30d",
+            description="consumer lag stays under 30 s 99% of the time"),
+    ),
     breakers={"payment-gateway": BreakerConfig(failure_rate=0.5, window_calls=20, min_calls=10, open_seconds=3)},
 )
 
