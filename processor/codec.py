@@ -58,12 +58,14 @@ class Decoder:
             raise InvalidEvent(INVALID_JSON, str(exc)) from None
         if not isinstance(event, dict):
             raise InvalidEvent(SCHEMA_VIOLATION, f"expected a JSON object, got {type(event).__name__}")
+        # The id first: a missing id is the more precise reason, even where the schema requires the field.
+        event_id = self._event_id(event, headers)
         if self._validate is not None:
             try:
                 self._validate(event)
             except fastjsonschema.JsonSchemaValueException as exc:
                 raise InvalidEvent(SCHEMA_VIOLATION, exc.message) from None
-        return event, self._event_id(event, headers)
+        return event, event_id
 
     def _event_id(self, event: Mapping[str, Any], headers: Mapping[str, bytes]) -> str:
         # The id is a field of the event, or else a record header of the same name.

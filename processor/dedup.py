@@ -2,12 +2,17 @@
 
 One key per (topology, handler, event id) walks through these states::
 
-    (absent) --claim--> "c|owner"            in flight; expires after the lease if its owner dies
-    "c|owner" --store_results--> "r|owner|deadline_ms|outputs"
+    (absent) --claim--> "c|token"            in flight; expires after the lease if its owner dies
+    "c|token" --store_results--> "r|token|deadline_ms|outputs"
                                              the handler succeeded; its outputs are being delivered
     "r|..." --mark_done--> "d"               outputs acknowledged by the broker; kept for the TTL
     "r|..." --claim after the deadline-->    taken over: another worker produces the stored outputs
-    "c|owner" --release--> (absent)          the handler failed: the retry copy may claim it again
+    "c|token" --release--> (absent)          the handler failed: the retry copy may claim it again
+
+A token names one batch of one worker (``Dedup.new_token``). A claim call retried after a timeout may find
+its own first attempt already applied (Redis ran the script after the client gave up): the same token
+recognises it as ours, while another batch of the same worker (a copy of the event on another partition)
+still sees it as busy.
 
 Storing the handler's outputs before producing them (an outbox) means a worker that dies after the
 handler ran but before its outputs were acknowledged is not followed by a second run of the handler: the
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -33,7 +39,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# KEYS[i]: one per event. ARGV: owner, lease_ms. Returns per key {status, payload}.
+# KEYS[i]: one per event. ARGV: token, lease_ms. Returns per key {status, payload}.
 _CLAIM = """
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -42,6 +48,8 @@ for i, key in ipairs(KEYS) do
   local v = redis.call('GET', key)
   if not v then
     redis.call('SET', key, 'c|' .. ARGV[1], 'PX', ARGV[2])
+    out[i] = {'claimed', ''}
+  elseif v == 'c|' .. ARGV[1] then
     out[i] = {'claimed', ''}
   elseif v == 'd' then
     out[i] = {'done', ''}
@@ -61,7 +69,7 @@ end
 return out
 """
 
-# KEYS[i]: one per event; ARGV: owner, lease_ms, ttl_seconds, then one payload per key. The deadline
+# KEYS[i]: one per event; ARGV: token, lease_ms, ttl_seconds, then one payload per key. The deadline
 # lets another claimer take over the delivery only once this owner's lease has run out.
 _STORE = """
 local now = redis.call('TIME')
@@ -72,7 +80,7 @@ end
 return #KEYS
 """
 
-# KEYS[i]: one per event; ARGV: owner. Deletes only claims this owner holds.
+# KEYS[i]: one per event; ARGV: token. Deletes only claims this batch holds.
 _RELEASE = """
 local n = 0
 for _, key in ipairs(KEYS) do
@@ -120,6 +128,7 @@ class Dedup:
         self._redis = client
         self._group = group
         self._owner = owner
+        self._batches = itertools.count()
         self._lease_ms = int(lease_seconds * 1000)
         self._ttl = ttl_seconds
         self._on_dependency = on_dependency
@@ -128,22 +137,26 @@ class Dedup:
         self._store = client.register_script(_STORE)
         self._release = client.register_script(_RELEASE)
 
+    def new_token(self) -> str:
+        """A claim token for one batch: this worker's id and a sequence number."""
+        return f"{self._owner}/{next(self._batches)}"
+
     def key(self, event_id: str) -> str:
         return dedup_key(self._group, event_id)
 
-    async def claim(self, event_ids: Sequence[str]) -> list[ClaimResult]:
-        """Claim every id; one result per id, in order."""
+    async def claim(self, event_ids: Sequence[str], token: str) -> list[ClaimResult]:
+        """Claim every id for the batch ``token``; one result per id, in order."""
         if not event_ids:
             return []
         keys = [self.key(i) for i in event_ids]
-        raw: list[list[Any]] = await self._call(lambda: self._claim(keys=keys, args=[self._owner, self._lease_ms]))
+        raw: list[list[Any]] = await self._call(lambda: self._claim(keys=keys, args=[token, self._lease_ms]))
         return [ClaimResult(Claim(status.decode()), payload) for status, payload in raw]
 
-    async def store_results(self, results: Sequence[tuple[str, bytes]]) -> None:
+    async def store_results(self, results: Sequence[tuple[str, bytes]], token: str) -> None:
         """Record (event id, encoded outputs) for handlers that succeeded, before producing them."""
         if results:
             keys = [self.key(event_id) for event_id, _ in results]
-            args: list[bytes | str | int] = [self._owner, self._lease_ms, self._ttl, *(p for _, p in results)]
+            args: list[bytes | str | int] = [token, self._lease_ms, self._ttl, *(p for _, p in results)]
             await self._call(lambda: self._store(keys=keys, args=args))
 
     async def mark_done(self, event_ids: Sequence[str]) -> None:
@@ -159,11 +172,11 @@ class Dedup:
 
         await self._call(run)
 
-    async def release(self, event_ids: Sequence[str]) -> None:
+    async def release(self, event_ids: Sequence[str], token: str) -> None:
         """Drop our claims on ids whose handler failed, so their retry copies can claim them."""
         if event_ids:
             keys = [self.key(i) for i in event_ids]
-            await self._call(lambda: self._release(keys=keys, args=[self._owner]))
+            await self._call(lambda: self._release(keys=keys, args=[token]))
 
     async def forget(self, event_ids: Sequence[str]) -> None:
         """Delete the done-marks of ids (``dlq replay --force``)."""

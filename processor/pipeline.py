@@ -108,9 +108,10 @@ class Pipeline:
     async def run(self, records: Sequence[InRecord]) -> None:
         """Process ``records`` (one partition, in order) to completion; see the module docstring."""
         routed: list[OutRecord] = []  # retry and DLQ records
+        token = self._dedup.new_token()
         works = self._decode(records, routed)
         works, duplicates = self._drop_batch_duplicates(works)
-        claimed, replayed, skipped = await self._claim(works)
+        claimed, replayed, skipped = await self._claim(works, token)
         duplicates += skipped
         await self._handle_all(claimed)
         succeeded = [w for w in claimed if w.error is None]
@@ -118,11 +119,11 @@ class Pipeline:
         for work in failed:
             assert work.error is not None
             routed.append(self._route(work.record, work.event_id, work.error))
-        await self._dedup.store_results([(w.event_id, _encode_outputs(w.outputs)) for w in succeeded])
+        await self._dedup.store_results([(w.event_id, _encode_outputs(w.outputs)) for w in succeeded], token)
         rejected = await self._deliver([*succeeded, *replayed], routed)
         done = [w for w in (*succeeded, *replayed) if all(w is not r for r in rejected)]
         await self._dedup.mark_done([w.event_id for w in done])
-        await self._dedup.release([w.event_id for w in failed])
+        await self._dedup.release([w.event_id for w in failed], token)
         await self._dedup.forget([w.event_id for w in rejected])
         self._record_done(done, duplicates)
 
@@ -152,7 +153,7 @@ class Pipeline:
 
     # -- dedup -----------------------------------------------------------------------------------------
 
-    async def _claim(self, works: list[_Work]) -> tuple[list[_Work], list[_Work], int]:
+    async def _claim(self, works: list[_Work], token: str) -> tuple[list[_Work], list[_Work], int]:
         """Split into (claimed: run the handler, replayed: stored outputs to produce, duplicates)."""
         claimed: list[_Work] = []
         replayed: list[_Work] = []
@@ -161,7 +162,8 @@ class Pipeline:
         wait = 0.05
         while pending:
             busy = []
-            for work, result in zip(pending, await self._dedup.claim([w.event_id for w in pending]), strict=True):
+            results = await self._dedup.claim([w.event_id for w in pending], token)
+            for work, result in zip(pending, results, strict=True):
                 if result.status is Claim.CLAIMED:
                     claimed.append(work)
                 elif result.status is Claim.DONE:

@@ -4,7 +4,7 @@ origin, and never holds back the valid events around it."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import orjson
@@ -21,10 +21,13 @@ def produce_at(bootstrap: str, topic: str, records: Sequence[tuple[bytes, bytes]
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
     positions: list[Position | None] = [None] * len(records)
 
-    def delivered(index: int) -> object:
+    def delivered(index: int) -> Callable[[KafkaError | None, Message], None]:
         def report(err: KafkaError | None, msg: Message) -> None:
+            partition, offset = msg.partition(), msg.offset()
             assert err is None, f"record {index} was not delivered: {err}"
-            positions[index] = (msg.partition(), msg.offset())
+            assert partition is not None
+            assert offset is not None
+            positions[index] = (partition, offset)
         return report
 
     for index, (key, value) in enumerate(records):
@@ -76,7 +79,7 @@ def test_invalid_records_are_dead_lettered_with_reason_and_origin(
 
         produce_at(backend.bootstrap_servers, f"{unique}.in", [event(i, n) for n, i in enumerate(later)])
         out = read_topic(backend.bootstrap_servers, f"{unique}.a.out", expect=len(ids) + len(later), settle=2.0)
-        counts = Counter(m.json()["event_id"] for m in out)
+        counts = Counter(str(m.json()["event_id"]) for m in out)
         assert set(counts) == {*ids, *later}, sorted(set(counts) ^ {*ids, *later})
         assert max(counts.values()) == 1, f"duplicated outputs {counts.most_common(3)}"
 
