@@ -141,6 +141,73 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- monitor and status ------------------------------------------------------------------------------------
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    import asyncio
+    import os
+    import socket
+    import uuid
+
+    import redis.asyncio as aioredis
+
+    from processor.metrics import Metrics
+    from processor.monitor import Monitor
+    from processor.topology import load_topology
+
+    settings = _settings(args)
+    _import_path()
+    topology = load_topology(args.topology)
+    metrics = Metrics()
+    metrics.serve(settings.metrics_host, settings.metrics_port)
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    monitor = Monitor(topology, settings, metrics, aioredis.Redis.from_url(settings.redis_url.reveal()), owner,
+                      latency={}, interval_seconds=args.interval)
+    asyncio.run(monitor.run_forever())
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import time
+
+    import orjson
+    from rich.console import Console
+    from rich.live import Live
+
+    from processor.status import render, snapshot
+    from processor.topology import load_topology
+
+    settings = _settings(args)
+    _import_path()
+    topology = load_topology(args.topology)
+    url = args.metrics_url or f"http://127.0.0.1:{settings.metrics_port}/metrics"
+    try:
+        snap = snapshot(topology, settings, url)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {url} ({exc}): point --metrics-url at a running worker") from None
+    if args.once:
+        if args.json:
+            sys.stdout.write(orjson.dumps(snap.as_json(), option=orjson.OPT_INDENT_2).decode() + "\n")
+        else:
+            Console().print(render(snap))
+        return 0
+    with Live(render(snap), refresh_per_second=1, screen=False) as live:
+        while True:
+            time.sleep(args.interval)
+            live.update(render(snapshot(topology, settings, url)))
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    return value
+
+
 # -- dlq -----------------------------------------------------------------------------------------------------
 
 
@@ -281,6 +348,31 @@ def build_parser() -> argparse.ArgumentParser:
                         "[env PROCESSOR_TOPIC_REPLICATION_FACTOR, default 1]")
     _add_settings_flags(create)
     create.set_defaults(func=cmd_topics_create)
+
+    monitor = commands.add_parser(
+        "monitor", help="run only the lag/latency monitor of a topology",
+        description="Measure the consumer lag of every consumer group of TOPOLOGY, evaluate its status and "
+        "export it on /metrics, without running any handler (every worker also runs this monitor; one "
+        "process per topology measures at a time, elected through Redis).",
+    )
+    monitor.add_argument("topology", help="module path of the topology")
+    monitor.add_argument("--interval", type=_seconds, default=5.0, help="seconds between passes (default 5)")
+    _add_settings_flags(monitor)
+    monitor.set_defaults(func=cmd_monitor)
+
+    status = commands.add_parser(
+        "status", help="live view of lag, p99s, SLO budgets and breakers",
+        description="Show lag per partition, lag status, p99 processing and end-to-end times, SLO budget and "
+        "burn rates and breaker states of TOPOLOGY, read from a worker's /metrics (lag from the broker when "
+        "that worker is not the one measuring it). Refreshes until Ctrl-C; --once prints one view.",
+    )
+    status.add_argument("topology", help="module path of the topology")
+    status.add_argument("--metrics-url", help="a worker's /metrics (default: 127.0.0.1 on PROCESSOR_METRICS_PORT)")
+    status.add_argument("--once", action="store_true", help="print one view and exit")
+    status.add_argument("--json", action="store_true", help="with --once: JSON for scripts")
+    status.add_argument("--interval", type=_seconds, default=2.0, help="refresh every N seconds (default 2)")
+    _add_settings_flags(status)
+    status.set_defaults(func=cmd_status)
 
     dlq = commands.add_parser("dlq", help="inspect and replay dead-lettered events",
                               description="Inspect a topology's dead-letter topics and replay entries.")

@@ -16,6 +16,7 @@ LATENCY_BUCKETS = (
 )
 
 OUTCOMES = ("success", "duplicate", "retried", "dead_lettered", "invalid")
+LAG_STATUSES = ("OK", "WARN", "STALL", "STOP", "ERR")
 
 
 class Metrics:
@@ -60,6 +61,37 @@ class Metrics:
         self.paused_partitions = Gauge(
             "processor_paused_partitions", "Partitions a handler holds paused (breaker open, retry not due).",
             ["topology", "handler", "reason"], registry=r,
+        )
+
+        self.lag_messages = Gauge(
+            "processor_consumer_lag_messages", "Records between the group's committed offset and the log end.",
+            ["group", "topic", "partition"], registry=r,
+        )
+        self.lag_seconds = Gauge(
+            "processor_consumer_lag_seconds", "Age of the oldest record the group has not committed (0 when none).",
+            ["group", "topic", "partition"], registry=r,
+        )
+        self.lag_status = Gauge(
+            "processor_consumer_lag_status",
+            "Burrow-style evaluation of the group's lag: 1 for the current status, 0 for the others.",
+            ["group", "status"], registry=r,
+        )
+        self.monitor_last_run = Gauge(
+            "processor_monitor_last_run_timestamp_seconds", "When the lag monitor last finished a pass.",
+            registry=r,
+        )
+        self.slo_budget_remaining = Gauge(
+            "processor_slo_error_budget_remaining_ratio",
+            "Share of the SLO's error budget left, over the part of its window this worker has seen.",
+            ["slo"], registry=r,
+        )
+        self.slo_burn_rate = Gauge(
+            "processor_slo_burn_rate", "Error rate over the window divided by the rate the budget allows.",
+            ["slo", "window"], registry=r,
+        )
+        self.rolling_p99 = Gauge(
+            "processor_rolling_p99_seconds", "The monitor's rolling p99 over its last minute of observations.",
+            ["topology", "handler", "kind"], registry=r,
         )
 
     def record_outcome(self, topology: str, handler: str, outcome: str, count: int = 1) -> None:

@@ -88,6 +88,7 @@ class Pipeline:
         breaker: Breaker | None = None,
         partitions: PartitionControl | None = None,
         dependencies: Mapping[str, Any] | None = None,
+        observe: Callable[[float, float, float], None] = lambda processing, end_to_end, now: None,
         clock: Callable[[], float] = time.time,
         on_dependency: Callable[[str, bool], None] = lambda name, up: None,
     ) -> None:
@@ -103,6 +104,7 @@ class Pipeline:
         self._clock = clock
         self._on_dependency = on_dependency
         self._dependencies = dependencies or {}
+        self._observe = observe
         self._labels = (topology, spec.name)
 
     async def run(self, records: Sequence[InRecord]) -> None:
@@ -353,10 +355,13 @@ class Pipeline:
         processing = self._metrics.processing.labels(*self._labels)
         end_to_end = self._metrics.end_to_end.labels(*self._labels)
         for work in done:
-            if work.started:
-                processing.observe(now - work.started)
+            took = now - work.started if work.started else 0.0
             origin_ms = int(work.record.headers.get(h.ORIG_TIMESTAMP_MS, work.record.timestamp_ms))
-            end_to_end.observe(max(0.0, now - origin_ms / 1000))
+            age = max(0.0, now - origin_ms / 1000)
+            if work.started:  # replayed stored outputs ran no handler: no processing time to report
+                processing.observe(took)
+            end_to_end.observe(age)
+            self._observe(took, age, now)
 
 
 def _encode_outputs(outputs: Sequence[OutRecord]) -> bytes:

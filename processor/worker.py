@@ -14,7 +14,7 @@ import os
 import socket
 import ssl
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -30,6 +30,7 @@ from processor.config import Settings
 from processor.dedup import Dedup
 from processor.kafka import DeliveringProducer, ensure_topics
 from processor.metrics import Metrics
+from processor.monitor import HandlerLatency, Monitor
 from processor.partitions import PartitionQueues
 from processor.pipeline import InRecord, Pipeline
 from processor.topology import HandlerSpec, Topology
@@ -64,6 +65,7 @@ class Runtime:
     breakers: dict[str, Breaker]
     dependencies: dict[str, Any]
     owner: str
+    latency: dict[str, HandlerLatency]
 
 
 def faust_credentials(settings: Settings) -> Any:
@@ -83,6 +85,15 @@ def faust_credentials(settings: Settings) -> Any:
     return None
 
 
+def on_stop(app: faust.App, callback: Callable[[], Awaitable[None]]) -> None:
+    """Run ``callback`` on a graceful stop of ``app``, before its consumer's final commit."""
+
+    async def attach() -> None:
+        await app.add_runtime_dependency(_OnStop(callback))
+
+    app.task(attach)
+
+
 def _record(message: Any) -> InRecord:
     raw = message.headers or ()
     headers = dict(raw.items() if isinstance(raw, Mapping) else raw)
@@ -99,17 +110,16 @@ def _tp(tp: Any) -> TP:
     return TP(tp.topic, tp.partition)
 
 
-class _Drain(mode.Service):
-    """Stops before the consumer does (it is the app's last child), so in-flight batches finish and
-    their acks make the consumer's final commit on a graceful shutdown."""
+class _OnStop(mode.Service):
+    """Runs ``callback`` when its app stops, before the consumer does (it is the app's last child): so
+    in-flight batches finish and their acks make the consumer's final commit on a graceful shutdown."""
 
-    def __init__(self, queues: PartitionQueues[Any], timeout_seconds: float) -> None:
+    def __init__(self, callback: Callable[[], Awaitable[None]]) -> None:
         super().__init__()
-        self._queues = queues
-        self._timeout = timeout_seconds
+        self._callback = callback
 
     async def on_stop(self) -> None:
-        await self._queues.drain(self._timeout)
+        await self._callback()
 
 
 class _Fetching:
@@ -165,6 +175,7 @@ def build_handler_app(topology: Topology, spec: HandlerSpec, runtime: Runtime) -
         breaker=runtime.breakers.get(spec.breaker) if spec.breaker else None,
         partitions=queues,
         dependencies=runtime.dependencies,
+        observe=runtime.latency[spec.name].observe,
         on_dependency=metrics.set_dependency_up,
     )
     topic = app.topic(spec.source, *spec.retry_topics, value_serializer="raw", key_serializer="raw")
@@ -176,10 +187,7 @@ def build_handler_app(topology: Topology, spec: HandlerSpec, runtime: Runtime) -
 
     app.agent(topic, name=f"{group}.consume")(consume)
 
-    async def attach_drain() -> None:
-        await app.add_runtime_dependency(_Drain(queues, timeout_seconds=spec.timeout_seconds + 5))
-
-    app.task(attach_drain)
+    on_stop(app, lambda: queues.drain(spec.timeout_seconds + 5))
 
     assigned = metrics.assigned_partitions.labels(topology.name, spec.name)
 
@@ -217,10 +225,16 @@ class Worker:
             redis=aioredis.Redis.from_url(settings.redis_url.reveal(), socket_timeout=5, socket_connect_timeout=2),
             breakers=breakers, owner=owner,
             dependencies={name: factory(settings) for name, factory in topology.dependencies.items()},
+            latency={spec.name: HandlerLatency() for spec in topology.handlers},
         )
         self.metrics.set_dependency_up("redis", True)
         self.metrics.set_dependency_up("kafka", True)
         self.apps = [build_handler_app(topology, spec, self.runtime) for spec in topology.handlers]
+        self.monitor = Monitor(topology, settings, self.metrics, self.runtime.redis, owner, self.runtime.latency)
+        # The monitor is a timer of the first handler's app: it runs while the worker runs, whatever the
+        # state of the consumer groups it measures.
+        self.apps[0].timer(self.monitor.interval_seconds)(self.monitor.tick)
+        on_stop(self.apps[0], self.monitor.resign)
 
     def run(self) -> None:
         """Create the topics (unless told not to), serve /metrics, and run until stopped."""

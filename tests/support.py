@@ -46,6 +46,7 @@ class WorkerProcess:
         self.env = {**os.environ, **env, "PROCESSOR_METRICS_PORT": str(self.port)}
         self.log_path = log_dir / f"{name}-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.command = ["worker", module]
 
     @property
     def url(self) -> str:
@@ -54,7 +55,7 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "processor", "worker", self.module],
+                [sys.executable, "-m", "processor", *self.command],
                 env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
             )
         return self
