@@ -4,7 +4,7 @@
 - ``TESTBED_HANDLERS``: comma-separated handler names (fan-out), default ``a``; outputs ``<name>.<h>.out``
 - ``TESTBED_RETRY``: comma-separated delays, default ``1s,2s``
 - ``TESTBED_FAIL_ATTEMPTS``: every event fails its first N attempts (RuntimeError), default 0
-- ``TESTBED_LATENCY_MS``: each call sleeps this long first, default 0
+- ``TESTBED_LATENCY_MS``: each call sleeps this long first, default 0, +/- ``TESTBED_JITTER_MS`` at random
 - ``TESTBED_BREAKER``: ``1`` puts the handlers behind breaker ``dep`` (opens fast, half-opens after 2 s)
 - ``TESTBED_MAX_BYTES``: size limit of an input event, default 2048
 - ``TESTBED_PARTITIONS``: partitions of the topics the worker creates
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ NAME = os.environ["TESTBED_NAME"]
 HANDLERS = [h for h in os.environ.get("TESTBED_HANDLERS", "a").split(",") if h]
 FAIL_ATTEMPTS = int(os.environ.get("TESTBED_FAIL_ATTEMPTS", "0"))
 LATENCY = float(os.environ.get("TESTBED_LATENCY_MS", "0")) / 1000
+JITTER = float(os.environ.get("TESTBED_JITTER_MS", "0")) / 1000
 BREAKER = os.environ.get("TESTBED_BREAKER") == "1"
 
 topology = Topology(
@@ -58,8 +60,8 @@ def _make(handler: str) -> None:
         due = ctx.headers.get("x-processor-due-at-ms", b"0").decode()
         await client.rpush(f"testbed:{NAME}:{handler}:attempts",
                            f"{ctx.event_id}|{ctx.attempt}|{due}|{int(time.time() * 1000)}")
-        if LATENCY:
-            await asyncio.sleep(LATENCY)
+        if LATENCY or JITTER:
+            await asyncio.sleep(max(0.0, LATENCY + random.uniform(-JITTER, JITTER)))
         if ctx.attempt <= FAIL_ATTEMPTS:
             raise RuntimeError(f"planned failure of attempt {ctx.attempt}")
         if await client.exists(f"testbed:{NAME}:broken"):
