@@ -45,7 +45,10 @@ class BudgetTracker:
         self._metrics = metrics
         self._history_seconds = history_seconds
         self._clock = clock
-        self._histories = {slo.name: _History() for slo in topology.slos}
+        # Counters start at zero with the process: that is the first sample of every history, so a window
+        # longer than the uptime covers everything since the start.
+        started = clock()
+        self._histories = {slo.name: _History(deque([(started, 0.0, 0.0)])) for slo in topology.slos}
 
     def tick(self, max_lag_seconds: float | None) -> None:
         """Sample every SLO; ``max_lag_seconds`` is the topology's worst lag now (None: not measured here)."""
@@ -53,7 +56,8 @@ class BudgetTracker:
         for slo in self._topology.slos:
             history = self._histories[slo.name]
             counts = self._counts(slo, history, now, max_lag_seconds)
-            history.last_tick = now
+            if counts is not None or slo.sli != "lag":
+                history.last_tick = now
             if counts is None:
                 continue
             history.samples.append((now, *counts))

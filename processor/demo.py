@@ -25,13 +25,14 @@ import orjson
 import redis.asyncio as aioredis
 from confluent_kafka import Producer
 
+from processor.budget import float_to_go_string
 from processor.config import Settings
 from processor.errors import StackError
 from processor.kafka import client_config, ensure_topics
 from processor.scrape import Scrape, scrape
 from processor.servers import free_port
 from processor.simulate import set_outage
-from processor.topology import load_topology
+from processor.topology import Topology, load_topology
 
 TOPOLOGY = "topologies.orders"
 
@@ -141,6 +142,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
             asyncio.run(_outage(settings, options.outage_seconds))
         final = _wait_accounted(url, proc, handlers, len(records), before, started + options.timeout_seconds)
         elapsed = time.monotonic() - started
+        slo_scrape = _after_next_monitor_pass(url)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -149,6 +151,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
             proc.kill()
             proc.wait()
     ok = _print_summary(final, before, handlers, len(records), elapsed)
+    _print_slos(topology, slo_scrape, before)
     print(f"metrics were served at {url} while the worker ran (PROCESSOR_METRICS_PORT sets the port)")
     return 0 if ok else 1
 
@@ -185,6 +188,41 @@ def _wait_accounted(
         if all(_accounted(current, before, h) >= total for h in handlers) or time.monotonic() > deadline:
             return current
         time.sleep(0.5)
+
+
+def _after_next_monitor_pass(url: str, timeout_seconds: float = 15.0) -> Scrape:
+    """A scrape taken after the monitor's next pass, so the SLO gauges include the whole run."""
+    asked = time.time()
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        current = scrape(url)
+        if current.value("processor_monitor_last_run_timestamp_seconds") > asked or time.monotonic() > deadline:
+            return current
+        time.sleep(0.5)
+
+
+def _print_slos(topology: Topology, s: Scrape, before: Scrape) -> None:
+    def delta(name: str, **labels: str) -> float:
+        return s.value(name, **labels) - before.value(name, **labels)
+
+    print(f"\n{'SLO':<28}{'objective':>10}{'this run':>10}{'budget left':>13}{'burn 5m':>9}")
+    for slo in topology.slos:
+        label = slo.label(topology.name)
+        remaining = s.value("processor_slo_error_budget_remaining_ratio", slo=label)
+        if slo.sli == "latency":
+            total = delta("processor_processing_seconds_count", topology=topology.name)
+            within = delta("processor_processing_seconds_bucket", topology=topology.name,
+                           le=float_to_go_string(slo.threshold_seconds))
+            sli = within / total if total else 1.0
+        elif slo.sli == "delivery":
+            good = delta("processor_events_total", topology=topology.name, outcome="success")
+            bad = delta("processor_events_total", topology=topology.name, outcome="dead_lettered")
+            sli = good / (good + bad) if good + bad else 1.0
+        else:
+            sli = 1.0 - (1.0 - remaining) * slo.error_budget
+        burn = s.value("processor_slo_burn_rate", slo=label, window=slo.burn_windows()[0].short)
+        print(f"{label:<28}{slo.objective:>10.2%}{sli:>10.3%}{remaining:>13.1%}{burn:>8.2f}x")
+    print("(budget left: over this worker's lifetime; `processor slo rules` gives Prometheus the 30-day view)")
 
 
 def _print_summary(s: Scrape, before: Scrape, handlers: list[str], total: int, elapsed: float) -> bool:
