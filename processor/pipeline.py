@@ -13,6 +13,7 @@ batch's offsets. It raises only when cancelled, and then nothing is acked.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -20,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
+from opentelemetry import trace
+from opentelemetry.trace import Span
 
 from processor import headers as h
 from processor.breaker import Breaker, BreakerState
@@ -29,6 +32,7 @@ from processor.errors import FatalError, InvalidEvent
 from processor.kafka import DeliveryError, OutRecord
 from processor.metrics import Metrics
 from processor.topology import Context, HandlerSpec, Output
+from processor.tracing import FAILED_SPAN_HEADER, Tracing, record_failure, with_trace_headers
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,7 @@ class _Work:
     outputs: list[OutRecord] = field(default_factory=list)
     error: BaseException | None = None
     started: float = 0.0
+    span: Span | None = None
 
 
 class Pipeline:
@@ -89,6 +94,7 @@ class Pipeline:
         partitions: PartitionControl | None = None,
         dependencies: Mapping[str, Any] | None = None,
         observe: Callable[[float, float, float], None] = lambda processing, end_to_end, now: None,
+        tracing: Tracing | None = None,
         clock: Callable[[], float] = time.time,
         on_dependency: Callable[[str, bool], None] = lambda name, up: None,
     ) -> None:
@@ -105,13 +111,15 @@ class Pipeline:
         self._on_dependency = on_dependency
         self._dependencies = dependencies or {}
         self._observe = observe
+        self._tracing = tracing or Tracing(None)
         self._labels = (topology, spec.name)
 
     async def run(self, records: Sequence[InRecord]) -> None:
         """Process ``records`` (one partition, in order) to completion; see the module docstring."""
         routed: list[OutRecord] = []  # retry and DLQ records
+        sends: list[Span] = []  # send spans, ended once the broker has the records
         token = self._dedup.new_token()
-        works = self._decode(records, routed)
+        works = self._decode(records, routed, sends)
         works, duplicates = self._drop_batch_duplicates(works)
         claimed, replayed, skipped = await self._claim(works, token)
         duplicates += skipped
@@ -120,9 +128,14 @@ class Pipeline:
         failed = [w for w in claimed if w.error is not None]
         for work in failed:
             assert work.error is not None
-            routed.append(self._route(work.record, work.event_id, work.error))
+            routed.append(self._send_span(self._route(work.record, work.event_id, work.error), work.span, sends,
+                                          failed=True))
+        for work in succeeded:
+            work.outputs = [self._send_span(out, work.span, sends) for out in work.outputs]
         await self._dedup.store_results([(w.event_id, _encode_outputs(w.outputs)) for w in succeeded], token)
         rejected = await self._deliver([*succeeded, *replayed], routed)
+        for span in sends:
+            span.end()
         done = [w for w in (*succeeded, *replayed) if all(w is not r for r in rejected)]
         await self._dedup.mark_done([w.event_id for w in done])
         await self._dedup.release([w.event_id for w in failed], token)
@@ -131,14 +144,18 @@ class Pipeline:
 
     # -- decode/validate -------------------------------------------------------------------------------
 
-    def _decode(self, records: Sequence[InRecord], routed: list[OutRecord]) -> list[_Work]:
+    def _decode(self, records: Sequence[InRecord], routed: list[OutRecord], sends: list[Span]) -> list[_Work]:
         works = []
         for record in records:
             try:
                 event, event_id = self._decoder.decode(record.value, record.headers)
             except InvalidEvent as exc:
                 self._metrics.record_outcome(*self._labels, "invalid")
-                routed.append(self._dead_letter(record, None, exc, exc.reason))
+                span = self._process_span(record, {"processor.invalid.reason": exc.reason})
+                if span is not None:
+                    record_failure(span, exc)
+                    span.end()
+                routed.append(self._send_span(self._dead_letter(record, None, exc, exc.reason), span, sends))
                 continue
             works.append(_Work(record, event, event_id))
         return works
@@ -151,6 +168,8 @@ class Pipeline:
             if work.event_id not in seen:
                 seen.add(work.event_id)
                 unique.append(work)
+            else:
+                self._trace_skip(work, "duplicate")
         return unique, len(works) - len(unique)
 
     # -- dedup -----------------------------------------------------------------------------------------
@@ -170,6 +189,7 @@ class Pipeline:
                     claimed.append(work)
                 elif result.status is Claim.DONE:
                     duplicates += 1
+                    self._trace_skip(work, "duplicate")
                 elif result.status is Claim.STORED:
                     work.outputs = _decode_outputs(result.stored)
                     replayed.append(work)
@@ -216,11 +236,58 @@ class Pipeline:
             headers=record.headers, dependencies=self._dependencies,
         )
         work.started = self._clock()
+        work.span = self._process_span(record, self._span_attributes(attempts, work.event_id))
         try:
-            outputs = await self._call(work.event, ctx)
+            with trace.use_span(work.span, end_on_exit=False) if work.span else contextlib.nullcontext():
+                outputs = await self._call(work.event, ctx)
             work.outputs = [self._encode_output(o, record, work.event_id) for o in outputs]
         except Exception as exc:
             work.error = exc
+            if work.span is not None:
+                record_failure(work.span, exc)
+        if work.span is not None:
+            work.span.end()
+
+    # -- tracing (every call is a no-op when tracing is off) --------------------------------------------
+
+    def _process_span(self, record: InRecord, attributes: Mapping[str, str | int | bool]) -> Span | None:
+        if not self._tracing.enabled:
+            return None
+        return self._tracing.start_process(record.topic, record.partition, record.offset, record.key, self.group,
+                                           record.headers, attributes)
+
+    def _span_attributes(self, attempts: int, event_id: str) -> dict[str, str | int | bool]:
+        if not self._tracing.enabled:
+            return {}
+        attributes: dict[str, str | int | bool] = {
+            "processor.handler": self.spec.name, "processor.attempt": attempts + 1, "messaging.message.id": event_id,
+        }
+        if attempts:
+            attributes["processor.retry.tier"] = self.spec.retry.tier_names()[min(attempts, len(self.spec.retry_topics))
+                                                                              - 1]
+        if self._breaker is not None:
+            attributes["processor.breaker.state"] = self._breaker.state.name.lower()
+        return attributes
+
+    def _send_span(self, out: OutRecord, parent: Span | None, sends: list[Span], failed: bool = False) -> OutRecord:
+        """Give ``out`` a ``send`` span under ``parent`` and the trace headers that continue it."""
+        if parent is None:
+            return out
+        attributes: dict[str, str | int | bool] = {}
+        if out.topic in self.spec.retry_topics:
+            attributes["processor.retry.tier"] = self.spec.retry.tier_names()[self.spec.retry_topics.index(out.topic)]
+        span = self._tracing.start_send(parent, out.topic, out.key, attributes)
+        sends.append(span)
+        headers = with_trace_headers(out.headers, span)
+        if failed:
+            headers.append((FAILED_SPAN_HEADER, dict(Tracing.headers_of(parent))["traceparent"]))
+        return OutRecord(out.topic, out.value, out.key, headers)
+
+    def _trace_skip(self, work: _Work, reason: str) -> None:
+        span = self._process_span(work.record, {"processor.dedup.outcome": reason,
+                                                "messaging.message.id": work.event_id})
+        if span is not None:
+            span.end()
 
     async def _call(self, event: dict[str, Any], ctx: Context) -> Sequence[Output]:
         breaker = self._breaker

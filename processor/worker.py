@@ -34,6 +34,7 @@ from processor.monitor import HandlerLatency, Monitor
 from processor.partitions import PartitionQueues
 from processor.pipeline import InRecord, Pipeline
 from processor.topology import HandlerSpec, Topology
+from processor.tracing import Tracing, build_tracing
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class Runtime:
     dependencies: dict[str, Any]
     owner: str
     latency: dict[str, HandlerLatency]
+    tracing: Tracing
 
 
 def faust_credentials(settings: Settings) -> Any:
@@ -176,6 +178,7 @@ def build_handler_app(topology: Topology, spec: HandlerSpec, runtime: Runtime) -
         partitions=queues,
         dependencies=runtime.dependencies,
         observe=runtime.latency[spec.name].observe,
+        tracing=runtime.tracing,
         on_dependency=metrics.set_dependency_up,
     )
     topic = app.topic(spec.source, *spec.retry_topics, value_serializer="raw", key_serializer="raw")
@@ -226,6 +229,7 @@ class Worker:
             breakers=breakers, owner=owner,
             dependencies={name: factory(settings) for name, factory in topology.dependencies.items()},
             latency={spec.name: HandlerLatency() for spec in topology.handlers},
+            tracing=build_tracing(settings),
         )
         self.metrics.set_dependency_up("redis", True)
         self.metrics.set_dependency_up("kafka", True)
@@ -250,3 +254,4 @@ class Worker:
             worker.execute_from_commandline()
         finally:
             self.runtime.producer.close()
+            self.runtime.tracing.shutdown()
