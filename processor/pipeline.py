@@ -426,7 +426,12 @@ class Pipeline:
             origin_ms = int(work.record.headers.get(h.ORIG_TIMESTAMP_MS, work.record.timestamp_ms))
             age = max(0.0, now - origin_ms / 1000)
             if work.started:  # replayed stored outputs ran no handler: no processing time to report
-                processing.observe(took)
+                # A sampled span's trace id rides along as an exemplar (served to OpenMetrics scrapers).
+                context = work.span.get_span_context() if work.span is not None else None
+                if context is not None and context.trace_flags.sampled:
+                    processing.observe(took, exemplar={"trace_id": format(context.trace_id, "032x")})
+                else:
+                    processing.observe(took)
             end_to_end.observe(age)
             self._observe(took, age, now)
 

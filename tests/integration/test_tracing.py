@@ -144,3 +144,30 @@ async def test_duplicates_are_traced_as_skips(backend: Backend, unique: str) -> 
     skipped = [s for s in exporter.get_finished_spans() if (s.attributes or {}).get("processor.dedup.outcome")]
     assert len(skipped) == 1
     assert (skipped[0].attributes or {})["processor.dedup.outcome"] == "duplicate"
+
+
+async def test_processing_histogram_carries_trace_id_exemplars(backend: Backend, unique: str) -> None:
+    from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
+
+    provider = TracerProvider()
+    topology = Topology(unique)
+
+    @topology.handler(source=f"{unique}.in", outputs=())
+    async def work(event: dict[str, Any], ctx: Context) -> None:
+        return None
+
+    spec = topology.handlers[0]
+    client = aioredis.Redis.from_url(backend.redis_url)
+    metrics = Metrics()
+    pipeline = Pipeline(
+        unique, spec, group=topology.group(spec.name), decoder=Decoder(None, "event_id", 10_000),
+        dedup=Dedup(client, group=topology.group(spec.name), owner="t", lease_seconds=5, ttl_seconds=60),
+        sink=Sink(), metrics=metrics, tracing=Tracing(provider),
+    )
+    await pipeline.run([InRecord(f"{unique}.in", 0, 1, 1_700_000_000_000, None, orjson.dumps({"event_id": "x"}), {})])
+    await client.aclose()
+    text = openmetrics(metrics.registry).decode()
+    buckets = [line for line in text.splitlines() if line.startswith("processor_processing_seconds_bucket")]
+    lines = [line for line in buckets if "#" in line]
+    assert lines, "no exemplar in the OpenMetrics exposition"
+    assert 'trace_id="' in lines[0]
