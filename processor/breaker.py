@@ -114,6 +114,11 @@ class Breaker:
         if len(self._calls) >= self._config.min_calls and failures / len(self._calls) >= self._config.failure_rate:
             self._open(now)
 
+    def abandon(self) -> None:
+        """A call that ``allow()`` let through ended without an outcome (it was cancelled)."""
+        if self._state is BreakerState.HALF_OPEN:
+            self._probes_out = max(0, self._probes_out - 1)
+
     async def wait_until_allowed(self) -> None:
         """Return once a call may go (the breaker closed, or a half-open probe slot is ours)."""
         while not self.allow():

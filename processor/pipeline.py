@@ -304,6 +304,13 @@ class Pipeline:
                         # The dependency is down: keep this event and try again when the breaker
                         # half-opens, instead of burning it into the retry tiers or the DLQ.
                         continue
+                elif breaker is not None:
+                    # A non-retryable error is the event's fault, not the dependency's: the call went through.
+                    breaker.record(True)
+                raise
+            except BaseException:
+                if breaker is not None:
+                    breaker.abandon()  # cancelled mid-call: give a half-open probe slot back
                 raise
             if breaker is not None:
                 breaker.record(True)

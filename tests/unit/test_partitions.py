@@ -1,0 +1,275 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+
+from processor.partitions import PartitionQueues
+from processor.pipeline import InRecord
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Recorder:
+    """The consumer side: records every run batch, ack, pause and resume, and can hold runs back."""
+
+    def __init__(self, clock: FakeClock | None = None) -> None:
+        self.clock = clock
+        self.runs: list[list[tuple[int, int]]] = []  # [(partition, offset), ...] per batch
+        self.run_times: list[float] = []
+        self.acks: list[object] = []
+        self.pauses: list[int] = []
+        self.resumes: list[tuple[int, int]] = []
+        self.pause_changes: list[tuple[str, int]] = []
+        self.in_flight: dict[int, int] = {}
+        self.max_in_flight: dict[int, int] = {}
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.runs_at_resume: list[int] = []
+
+    async def run(self, records: Sequence[InRecord]) -> None:
+        partitions = {r.partition for r in records}
+        assert len(partitions) == 1
+        (p,) = partitions
+        self.in_flight[p] = self.in_flight.get(p, 0) + 1
+        self.max_in_flight[p] = max(self.max_in_flight.get(p, 0), self.in_flight[p])
+        self.runs.append([(r.partition, r.offset) for r in records])
+        if self.clock is not None:
+            self.run_times.append(self.clock())
+        try:
+            await self.gate.wait()
+        finally:
+            self.in_flight[p] -= 1
+
+    def ack(self, token: object) -> None:
+        self.acks.append(token)
+
+    def pause(self, tp: int) -> None:
+        self.pauses.append(tp)
+
+    def resume(self, tp: int, offset: int) -> None:
+        self.resumes.append((tp, offset))
+        self.runs_at_resume.append(len(self.runs))
+
+    def on_pause_change(self, reason: str, delta: int) -> None:
+        self.pause_changes.append((reason, delta))
+
+    def queues(self, clock: Callable[[], float] | None = None, **kwargs: int) -> PartitionQueues[int]:
+        return PartitionQueues(
+            self.run, self.ack, self.pause, self.resume, clock=clock or (lambda: 1_000.0),
+            on_pause_change=self.on_pause_change, **kwargs,
+        )
+
+    def offsets(self, partition: int) -> list[int]:
+        return [o for batch in self.runs for p, o in batch if p == partition]
+
+
+def rec(partition: int, offset: int) -> InRecord:
+    return InRecord("t", partition, offset, 0, None, b"{}", {})
+
+
+async def until(cond: Callable[[], bool], within_seconds: float = 5.0) -> None:
+    """Wait (really) until ``cond`` holds; fail after ``within_seconds``."""
+    for _ in range(int(within_seconds / 0.005)):
+        if cond():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not reached in time")
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_records_of_a_partition_run_in_offset_order_in_batches() -> None:
+    r = Recorder()
+    q = r.queues(max_batch=2)
+    for offset in range(5):
+        q.put(0, rec(0, offset), 0, f"tok{offset}")
+    await until(lambda: len(r.acks) == 5)
+    assert r.runs == [[(0, 0), (0, 1)], [(0, 2), (0, 3)], [(0, 4)]]
+    assert r.acks == ["tok0", "tok1", "tok2", "tok3", "tok4"]
+    await q.drain(1.0)
+
+
+async def test_one_batch_in_flight_per_partition_and_acks_after_run() -> None:
+    r = Recorder()
+    r.gate.clear()
+    q = r.queues()
+    q.put(0, rec(0, 0), 0, "a")
+    await until(lambda: len(r.runs) == 1)
+    q.put(0, rec(0, 1), 0, "b")
+    q.put(0, rec(0, 2), 0, "c")
+    await settle()
+    assert r.runs == [[(0, 0)]]  # the next batch waits for the one in flight
+    assert r.acks == []  # nothing acked while its batch runs
+    r.gate.set()
+    await until(lambda: len(r.acks) == 3)
+    assert r.runs == [[(0, 0)], [(0, 1), (0, 2)]]
+    assert r.acks == ["a", "b", "c"]
+    assert r.max_in_flight[0] == 1
+    await q.drain(1.0)
+
+
+async def test_partitions_run_independently() -> None:
+    r = Recorder()
+    r.gate.clear()
+    q = r.queues()
+    q.put(0, rec(0, 0), 0, "p0")
+    q.put(1, rec(1, 0), 0, "p1")
+    await until(lambda: len(r.runs) == 2)  # both in flight at once
+    assert r.max_in_flight == {0: 1, 1: 1}
+    r.gate.set()
+    await until(lambda: len(r.acks) == 2)
+    assert sorted(r.acks, key=str) == ["p0", "p1"]
+    await q.drain(1.0)
+
+
+async def test_not_due_record_pauses_its_partition_until_due_while_others_run() -> None:
+    clock = FakeClock(1_000.0)
+    r = Recorder(clock)
+    q = r.queues(clock=clock)
+    due_ms = 1_000_000 + 50  # 50 ms ahead of the fake clock
+    q.put(0, rec(0, 7), due_ms, "late")
+    await until(lambda: r.pauses == [0])
+    q.put(1, rec(1, 3), 0, "now")  # another partition goes on meanwhile
+    await until(lambda: r.acks == ["now"])
+    await asyncio.sleep(0.2)  # several times the delay in real time, but the clock has not moved
+    assert r.offsets(0) == []
+    assert r.resumes == []
+    clock.now = 1_000.05
+    await until(lambda: "late" in r.acks)
+    assert r.offsets(0) == [7]
+    assert r.run_times[-1] * 1000 >= due_ms
+    assert r.resumes == [(0, 8)]  # the next offset the queue expects
+    assert ("not_due", 1) in r.pause_changes
+    assert ("not_due", -1) in r.pause_changes
+    await q.drain(1.0)
+
+
+async def test_a_due_record_behind_a_not_due_one_waits_for_it() -> None:
+    clock = FakeClock(1_000.0)
+    r = Recorder(clock)
+    q = r.queues(clock=clock)
+    q.put(0, rec(0, 0), 1_000_000 + 30, "first")
+    q.put(0, rec(0, 1), 0, "second")
+    await until(lambda: r.pauses == [0])
+    await asyncio.sleep(0.1)
+    assert r.runs == []
+    clock.now = 1_000.03
+    await until(lambda: len(r.acks) == 2)
+    assert r.offsets(0) == [0, 1]
+    assert r.acks == ["first", "second"]
+    await q.drain(1.0)
+
+
+async def test_redelivered_lower_offset_is_dropped() -> None:
+    r = Recorder()
+    r.gate.clear()
+    q = r.queues()
+    q.put(0, rec(0, 5), 0, "5")
+    q.put(0, rec(0, 6), 0, "6")
+    q.put(0, rec(0, 5), 0, "5-again")  # delivered again after a seek
+    q.put(0, rec(0, 6), 0, "6-again")
+    q.put(0, rec(0, 7), 0, "7")
+    r.gate.set()
+    await until(lambda: "7" in r.acks)
+    await settle()
+    assert r.offsets(0) == [5, 6, 7]
+    assert r.acks == ["5", "6", "7"]
+    await q.drain(1.0)
+
+
+async def test_revoke_forgets_the_partition_but_lets_the_batch_in_flight_ack() -> None:
+    r = Recorder()
+    r.gate.clear()
+    q = r.queues()
+    q.put(0, rec(0, 0), 0, "a")
+    await until(lambda: len(r.runs) == 1)
+    q.put(0, rec(0, 1), 0, "b")
+    q.put(1, rec(1, 0), 0, "other")
+    q.revoke([0])
+    r.gate.set()
+    await until(lambda: "a" in r.acks and "other" in r.acks)
+    await settle()
+    assert r.offsets(0) == [0]  # offset 1 was forgotten, for the partition's new owner
+    assert "b" not in r.acks
+    q.put(0, rec(0, 1), 0, "b-again")  # assigned back: the old next_offset is forgotten too
+    await until(lambda: "b-again" in r.acks)
+    assert r.offsets(0) == [0, 1]
+    await q.drain(1.0)
+
+
+async def test_revoke_reports_its_pauses_as_released() -> None:
+    clock = FakeClock(1_000.0)
+    r = Recorder(clock)
+    q = r.queues(clock=clock)
+    q.put(0, rec(0, 0), 2_000_000, "far")
+    await until(lambda: r.pauses == [0])
+    assert q.held("not_due") == 1
+    q.revoke([0])
+    assert q.held("not_due") == 0
+    assert r.pause_changes == [("not_due", 1), ("not_due", -1)]
+    await q.drain(1.0)
+
+
+async def test_high_water_pauses_and_draining_below_low_water_resumes() -> None:
+    r = Recorder()
+    r.gate.clear()
+    q = r.queues(max_batch=1, high_water=4)  # low water: 2
+    q.put(0, rec(0, 0), 0, 0)
+    await until(lambda: len(r.runs) == 1)
+    for offset in range(1, 4):
+        q.put(0, rec(0, offset), 0, offset)
+    assert r.pauses == []  # 3 queued: below high water
+    q.put(0, rec(0, 4), 0, 4)
+    assert r.pauses == [0]
+    assert q.held("backpressure") == 1
+    r.gate.set()
+    await until(lambda: len(r.acks) == 5)
+    assert r.resumes == [(0, 5)]
+    # resumed after batches 0, 1, 2, 3 ran: the queue held 1 record then, below low water (2)
+    assert r.runs_at_resume == [4]
+    assert q.held("backpressure") == 0
+    assert r.pause_changes == [("backpressure", 1), ("backpressure", -1)]
+    await q.drain(1.0)
+
+
+async def test_pause_all_and_resume_all() -> None:
+    r = Recorder()
+    q = r.queues()
+    q.put(0, rec(0, 0), 0, "a")
+    q.put(1, rec(1, 0), 0, "b")
+    await until(lambda: len(r.acks) == 2)
+    q.pause_all("breaker")
+    assert sorted(r.pauses) == [0, 1]
+    assert q.held("breaker") == 2
+    q.resume_all("breaker")
+    assert sorted(r.resumes) == [(0, 1), (1, 1)]
+    assert q.held("breaker") == 0
+    await q.drain(1.0)
+
+
+async def test_drain_waits_for_the_batch_in_flight_to_ack() -> None:
+    r = Recorder()
+    r.gate.clear()
+    q = r.queues()
+    q.put(0, rec(0, 0), 0, "in-flight")
+    await until(lambda: len(r.runs) == 1)
+    q.put(0, rec(0, 1), 0, "queued")
+    draining = asyncio.create_task(q.drain(5.0))
+    await settle()
+    assert not draining.done()
+    assert r.acks == []
+    r.gate.set()
+    await asyncio.wait_for(draining, 5.0)
+    assert r.acks == ["in-flight"]  # acked before drain returned
+    await settle()
+    assert r.offsets(0) == [0]  # no new batch started after drain began
+    assert "queued" not in r.acks
