@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the tests and the demo need: command -> package.
-SYSTEM_DEPS := redis-server:redis-server kcat:kcat
+SYSTEM_DEPS := redis-server:redis-server kcat:kcat promtool:prometheus
 
 .PHONY: demo test lint typecheck unit system-deps clean
 

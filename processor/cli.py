@@ -115,10 +115,12 @@ def cmd_dev_env(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from processor.logs import configure_logging
     from processor.topology import load_topology
     from processor.worker import Worker
 
     settings = _settings(args)
+    configure_logging(settings.log_level)
     _import_path()
     topology = load_topology(args.topology)
     Worker(topology, settings, create_topics=not args.no_create_topics).run()
@@ -152,11 +154,13 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
     import redis.asyncio as aioredis
 
+    from processor.logs import configure_logging
     from processor.metrics import Metrics
     from processor.monitor import Monitor
     from processor.topology import load_topology
 
     settings = _settings(args)
+    configure_logging(settings.log_level)
     _import_path()
     topology = load_topology(args.topology)
     metrics = Metrics()
@@ -206,6 +210,35 @@ def _seconds(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
     return value
+
+
+# -- slo -----------------------------------------------------------------------------------------------------
+
+
+def _write(text: str, path: Path | None) -> None:
+    if path is None:
+        sys.stdout.write(text)
+    else:
+        path.write_text(text)
+        print(f"wrote {path}", file=sys.stderr)
+
+
+def cmd_slo_rules(args: argparse.Namespace) -> int:
+    from processor.rules import RUNBOOK_BASE, render_rules
+    from processor.topology import load_topology
+
+    _import_path()
+    _write(render_rules(load_topology(args.topology), runbook_base=args.runbook_base or RUNBOOK_BASE), args.output)
+    return 0
+
+
+def cmd_slo_dashboard(args: argparse.Namespace) -> int:
+    from processor.dashboard import render_dashboard
+    from processor.topology import load_topology
+
+    _import_path()
+    _write(render_dashboard(load_topology(args.topology)), args.output)
+    return 0
 
 
 # -- dlq -----------------------------------------------------------------------------------------------------
@@ -373,6 +406,30 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--interval", type=_seconds, default=2.0, help="refresh every N seconds (default 2)")
     _add_settings_flags(status)
     status.set_defaults(func=cmd_status)
+
+    slo = commands.add_parser("slo", help="Prometheus rules and a Grafana dashboard from a topology's SLOs",
+                              description="Generate monitoring configuration from the SLOs a topology declares.")
+    slo_commands = slo.add_subparsers(dest="slo_command", required=True, metavar="ACTION")
+    rules = slo_commands.add_parser(
+        "rules", help="recording rules and multi-window multi-burn-rate alerts",
+        description="Print (or write with -o) Prometheus recording rules per SLO, burn-rate alerts (page on "
+        "1h/5m at 14.4x and 6h/30m at 6x, ticket on 1d/2h at 3x and 3d/6h at 1x, scaled to the SLO window), "
+        "lag-status, stalled-monitor, breaker and dependency alerts, each with a runbook link. The output "
+        "passes `promtool check rules`.",
+    )
+    rules.add_argument("topology", help="module path of the topology")
+    rules.add_argument("-o", "--output", type=Path, help="write to FILE instead of stdout")
+    rules.add_argument("--runbook-base", metavar="URL", help="URL prefix of the runbooks (default: the repository)")
+    rules.set_defaults(func=cmd_slo_rules)
+    dashboard = slo_commands.add_parser(
+        "dashboard", help="a Grafana dashboard (JSON)",
+        description="Print (or write with -o) a Grafana dashboard: lag, p99s, success rate, error budget, "
+        "burn rates, breaker state, DLQ and retry rates. docker-compose provisions the dashboards in "
+        "processor/deploy/grafana/dashboards/.",
+    )
+    dashboard.add_argument("topology", help="module path of the topology")
+    dashboard.add_argument("-o", "--output", type=Path, help="write to FILE instead of stdout")
+    dashboard.set_defaults(func=cmd_slo_dashboard)
 
     dlq = commands.add_parser("dlq", help="inspect and replay dead-lettered events",
                               description="Inspect a topology's dead-letter topics and replay entries.")

@@ -171,6 +171,8 @@ class Monitor:
             await self._resign_script(keys=[self._lease_key], args=[self._owner])
 
     async def _measure(self, now: float) -> float:
+        # The lag SLO counts source topics only: a retry tier's records wait for their delay by design.
+        sources = {h.source for h in self.topology.handlers}
         worst_lag = 0.0
         for group, topics in self.groups.items():
             try:
@@ -181,7 +183,8 @@ class Monitor:
                 continue
             for lag in lags:
                 self._export_lag(lag, now)
-                worst_lag = max(worst_lag, lag.seconds(now))
+                if lag.topic in sources:
+                    worst_lag = max(worst_lag, lag.seconds(now))
             self._set_status(group, worst([self._evaluator.partition_status(group, lag.topic, lag.partition)
                                            for lag in lags]))
         return worst_lag

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,6 +30,7 @@ from processor.codec import Decoder
 from processor.dedup import Claim, Dedup
 from processor.errors import FatalError, InvalidEvent
 from processor.kafka import DeliveryError, OutRecord
+from processor.logs import event_context, redact, trace_id_of
 from processor.metrics import Metrics
 from processor.topology import Context, HandlerSpec, Output
 from processor.tracing import FAILED_SPAN_HEADER, Tracing, record_failure, with_trace_headers
@@ -95,6 +96,7 @@ class Pipeline:
         dependencies: Mapping[str, Any] | None = None,
         observe: Callable[[float, float, float], None] = lambda processing, end_to_end, now: None,
         tracing: Tracing | None = None,
+        redact: Collection[str] = (),
         clock: Callable[[], float] = time.time,
         on_dependency: Callable[[str, bool], None] = lambda name, up: None,
     ) -> None:
@@ -112,6 +114,7 @@ class Pipeline:
         self._dependencies = dependencies or {}
         self._observe = observe
         self._tracing = tracing or Tracing(None)
+        self._redact = tuple(redact)
         self._labels = (topology, spec.name)
 
     async def run(self, records: Sequence[InRecord]) -> None:
@@ -128,8 +131,9 @@ class Pipeline:
         failed = [w for w in claimed if w.error is not None]
         for work in failed:
             assert work.error is not None
-            routed.append(self._send_span(self._route(work.record, work.event_id, work.error), work.span, sends,
-                                          failed=True))
+            with self._log_context(work.record, work.event_id), self._in_span(work.span):
+                out = self._route(work.record, work.event_id, work.error, work.event)
+            routed.append(self._send_span(out, work.span, sends, failed=True))
         for work in succeeded:
             work.outputs = [self._send_span(out, work.span, sends) for out in work.outputs]
         await self._dedup.store_results([(w.event_id, _encode_outputs(w.outputs)) for w in succeeded], token)
@@ -155,7 +159,9 @@ class Pipeline:
                 if span is not None:
                     record_failure(span, exc)
                     span.end()
-                routed.append(self._send_span(self._dead_letter(record, None, exc, exc.reason), span, sends))
+                with self._log_context(record, None), self._in_span(span):
+                    out = self._dead_letter(record, None, exc, exc.reason)
+                routed.append(self._send_span(out, span, sends))
                 continue
             works.append(_Work(record, event, event_id))
         return works
@@ -235,18 +241,31 @@ class Pipeline:
             partition=record.partition, offset=record.offset, attempt=attempts + 1, key=record.key,
             headers=record.headers, dependencies=self._dependencies,
         )
-        work.started = self._clock()
-        work.span = self._process_span(record, self._span_attributes(attempts, work.event_id))
-        try:
-            with trace.use_span(work.span, end_on_exit=False) if work.span else contextlib.nullcontext():
-                outputs = await self._call(work.event, ctx)
-            work.outputs = [self._encode_output(o, record, work.event_id) for o in outputs]
-        except Exception as exc:
-            work.error = exc
+        with self._log_context(record, work.event_id):
+            work.started = self._clock()
+            work.span = self._process_span(record, self._span_attributes(attempts, work.event_id))
+            try:
+                with self._in_span(work.span):
+                    outputs = await self._call(work.event, ctx)
+                    work.outputs = [self._encode_output(o, record, work.event_id) for o in outputs]
+                    log.debug("handled (attempt %d): %d output(s)", attempts + 1, len(work.outputs))
+            except Exception as exc:
+                work.error = exc
+                if work.span is not None:
+                    record_failure(work.span, exc)
             if work.span is not None:
-                record_failure(work.span, exc)
-        if work.span is not None:
-            work.span.end()
+                work.span.end()
+
+    def _log_context(self, record: InRecord, event_id: str | None) -> contextlib.AbstractContextManager[None]:
+        """Every log line inside names the event: topology, handler, position, id and trace id."""
+        return event_context(
+            topology=self.topology, handler=self.spec.name, topic=record.topic, partition=record.partition,
+            offset=record.offset, event_id=event_id, trace_id=trace_id_of(record.headers),
+        )
+
+    @staticmethod
+    def _in_span(span: Span | None) -> contextlib.AbstractContextManager[Any]:
+        return trace.use_span(span, end_on_exit=False) if span is not None else contextlib.nullcontext()
 
     # -- tracing (every call is a no-op when tracing is off) --------------------------------------------
 
@@ -339,14 +358,16 @@ class Pipeline:
 
     # -- failure routing -------------------------------------------------------------------------------
 
-    def _route(self, record: InRecord, event_id: str, exc: BaseException) -> OutRecord:
+    def _route(self, record: InRecord, event_id: str, exc: BaseException, event: dict[str, Any]) -> OutRecord:
         attempts = h.attempts_of(record.headers) + 1
         tiers = self.spec.retry_topics
         if not self.spec.retry.is_retryable(exc):
-            return self._dead_letter(record, event_id, exc, FATAL_ERROR)
+            return self._dead_letter(record, event_id, exc, FATAL_ERROR, event)
         if attempts > len(tiers):
-            return self._dead_letter(record, event_id, exc, RETRIES_EXHAUSTED)
+            return self._dead_letter(record, event_id, exc, RETRIES_EXHAUSTED, event)
         tier = attempts - 1
+        log.warning("attempt %d failed (%s: %s); retrying in tier %s", attempts, type(exc).__name__, exc,
+                    self.spec.retry.tier_names()[tier], extra={"event": redact(event, self._redact)})
         now_ms = int(self._clock() * 1000)
         due_ms = now_ms + int(self.spec.retry.delay_seconds(tier) * 1000)
         headers = self._failure_headers(record, event_id, exc, attempts, "retry", due_ms)
@@ -355,9 +376,12 @@ class Pipeline:
         return OutRecord(tiers[tier], record.value, record.key, headers)
 
     def _dead_letter(
-        self, record: InRecord, event_id: str | None, exc: BaseException, reason: str
+        self, record: InRecord, event_id: str | None, exc: BaseException, reason: str,
+        event: dict[str, Any] | None = None,
     ) -> OutRecord:
         attempts = h.attempts_of(record.headers) + (0 if isinstance(exc, InvalidEvent) else 1)
+        log.warning("dead-lettered (%s) after %d attempt(s): %s: %s", reason, attempts, type(exc).__name__, exc,
+                    extra={"event": redact(event, self._redact)} if event is not None else None)
         headers = self._failure_headers(record, event_id, exc, attempts, reason, None)
         self._metrics.record_dead_letter(*self._labels, reason)
         if not isinstance(exc, InvalidEvent):

@@ -152,23 +152,25 @@ def _lag_over_threshold(topology: Topology, slo: SLO) -> str:
 
 
 def _event_matchers(topology: Topology, slo: SLO) -> str:
-    matchers = f"topology={_q(topology.name)}"
-    return matchers + (f",handler={_q(slo.handler)}" if slo.handler else "")
+    matchers = f"topology={promql_string(topology.name)}"
+    return matchers + (f",handler={promql_string(slo.handler)}" if slo.handler else "")
 
 
 def _lag_matchers(topology: Topology, slo: SLO) -> str:
     if slo.handler:
         spec = topology.get(slo.handler)
-        return f"group={_q(topology.group(spec.name))},topic={_q(spec.source)}"
+        return f"group={promql_string(topology.group(spec.name))},topic={promql_string(spec.source)}"
     sources = list(dict.fromkeys(h.source for h in topology.handlers))
-    topic = f"topic={_q(sources[0])}" if len(sources) == 1 else f"topic=~{_q('|'.join(map(_literal, sources)))}"
-    return f"{_group_matcher(topology)},{topic}"
+    if len(sources) == 1:
+        return f"{group_matcher(topology)},topic={promql_string(sources[0])}"
+    topic = f"topic=~{promql_string('|'.join(map(regex_literal, sources)))}"
+    return f"{group_matcher(topology)},{topic}"
 
 
-def _group_matcher(topology: Topology) -> str:
+def group_matcher(topology: Topology) -> str:
     """Every consumer group of the topology: ``<topology>.<handler>``."""
-    pattern = _literal(topology.name) + r"\..+"
-    return f"group=~{_q(pattern)}"
+    pattern = regex_literal(topology.name) + r"\..+"
+    return f"group=~{promql_string(pattern)}"
 
 
 def _slo_labels(topology: Topology, slo: SLO) -> dict[str, str]:
@@ -177,7 +179,7 @@ def _slo_labels(topology: Topology, slo: SLO) -> dict[str, str]:
 
 
 def _series(name: str, topology: Topology, slo: SLO) -> str:
-    return f"{name}{{slo={_q(slo.label(topology.name))}}}"
+    return f"{name}{{slo={promql_string(slo.label(topology.name))}}}"
 
 
 # -- burn-rate alerts --------------------------------------------------------------------------------------
@@ -226,7 +228,7 @@ def _burn_description(topology: Topology, slo: SLO, pair: BurnWindow) -> str:
 
 
 def _operational_alerts(topology: Topology, runbook_base: str) -> list[dict[str, Any]]:
-    groups = _group_matcher(topology)
+    groups = group_matcher(topology)
     labels = {"topology": topology.name}
 
     def alert(name: str, expr: str, for_: str, severity: str, summary: str, description: str) -> dict[str, Any]:
@@ -261,7 +263,7 @@ def _operational_alerts(topology: Topology, runbook_base: str) -> list[dict[str,
         alert("ProcessorLagMonitorStale", "time() - processor_monitor_last_run_timestamp_seconds > 60", "5m",
               "ticket", "The lag monitor of {{ $labels.instance }} has not run for over a minute",
               "{{ $labels.instance }} last finished a monitor pass {{ $value | humanizeDuration }} ago (the "
-              "monitor runs every 5 s). Its event loop is blocked or its monitor task died."),
+              "monitor runs every 5 s by default). Its event loop is blocked or its monitor task died."),
         # No stamp at all means no worker is scraped: nothing measures lag, and since every other signal
         # comes from the workers too, a complete stop of processing would raise no other alert. A page.
         alert("ProcessorLagMonitorStale", "absent(processor_monitor_last_run_timestamp_seconds)", "5m", "page",
@@ -271,17 +273,19 @@ def _operational_alerts(topology: Topology, runbook_base: str) -> list[dict[str,
               "cannot fire."),
     ]
     if topology.breakers:
-        breakers = "|".join(_literal(b) for b in topology.breakers)
+        breakers = "|".join(regex_literal(b) for b in topology.breakers)
         # max_over_time over 1m: a breaker whose half-open probes keep failing passes through half-open for
         # a moment every `open_seconds`; a plain `== 2` would reset the `for` at each probe and never fire.
         rules.append(alert(
             "ProcessorCircuitOpen",
-            f"max by (breaker) (max_over_time(processor_circuit_state{{breaker=~{_q(breakers)}}}[1m])) == 2",
+            f"max by (breaker) (max_over_time(processor_circuit_state{{breaker=~{promql_string(breakers)}}}[1m])) == 2",
             "5m", "ticket", "Circuit breaker {{ $labels.breaker }} has been open for 5 minutes",
             "Breaker {{ $labels.breaker }} opened and its half-open probes keep failing: the dependency it "
             "protects fails. The handlers behind it hold their partitions paused; their lag grows until "
             "it closes.",
         ))
+    # A page: a worker without Redis or the broker processes nothing (it waits, never drops). The 2m rides
+    # out a broker leader election or a Redis restart, which the worker's back-off absorbs by itself.
     rules.append(alert(
         "ProcessorDependencyDown", "processor_dependency_up == 0", "2m", "page",
         "{{ $labels.instance }} cannot reach {{ $labels.dependency }}",
@@ -300,12 +304,12 @@ def _stall_for(handlers: list[HandlerSpec]) -> str:
 # -- formatting --------------------------------------------------------------------------------------------
 
 
-def _literal(name: str) -> str:
-    """``name`` as an RE2 pattern matching itself (re.escape would also escape '-', legal but noisy)."""
+def regex_literal(name: str) -> str:
+    """``name`` as an RE2 pattern that matches itself (re.escape would also escape '-': legal, but noisy)."""
     return re.sub(r"([.+*?()|\[\]{}^$\\])", r"\\\1", name)
 
 
-def _q(value: str) -> str:
+def promql_string(value: str) -> str:
     """A PromQL double-quoted string literal."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 

@@ -99,7 +99,8 @@ class Topology:
 
     ``schemas_dir`` holds ``<schema>.json`` files; ``max_event_bytes`` bounds an input record;
     ``dedup_ttl_seconds`` is how long a processed event id is remembered; ``claim_lease_seconds`` how long
-    an in-flight claim protects an event from a second processor (it must exceed a batch's run time).
+    an in-flight claim protects an event from a second processor (it must exceed a batch's run time);
+    ``redact`` names event fields (at any depth) that never appear in logs.
     """
 
     name: str
@@ -112,6 +113,7 @@ class Topology:
     handlers: list[HandlerSpec] = field(default_factory=list)
     dependencies: dict[str, DependencyFactory] = field(default_factory=dict)
     slos: Sequence[SLO] = ()
+    redact: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):

@@ -22,6 +22,7 @@ import faust
 import mode
 import redis.asyncio as aioredis
 from faust.types import TP
+from mode.utils.logging import redirect_stdouts
 
 from processor import headers as h
 from processor.breaker import Breaker
@@ -179,6 +180,7 @@ def build_handler_app(topology: Topology, spec: HandlerSpec, runtime: Runtime) -
         dependencies=runtime.dependencies,
         observe=runtime.latency[spec.name].observe,
         tracing=runtime.tracing,
+        redact=topology.redact,
         on_dependency=metrics.set_dependency_up,
     )
     topic = app.topic(spec.source, *spec.retry_topics, value_serializer="raw", key_serializer="raw")
@@ -249,9 +251,12 @@ class Worker:
                 self.settings.topic_replication_factor,
             )
         self.metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
-        worker = faust.Worker(*self.apps, loglevel=self.settings.log_level, quiet=True)
+        # The CLI configured logging (processor.logs); mode must not replace it with its own handler.
+        worker = faust.Worker(*self.apps, loglevel=self.settings.log_level, quiet=True, override_logging=False)
+        worker.spinner = None  # at WARNING and above it writes terminal escapes into stdout, even a file
         try:
-            worker.execute_from_commandline()
+            with redirect_stdouts(severity="WARNING"):  # print() and stray stderr become log records
+                worker.execute_from_commandline()
         finally:
             self.runtime.producer.close()
             self.runtime.tracing.shutdown()

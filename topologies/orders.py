@@ -25,6 +25,7 @@ from processor import SLO, BreakerConfig, Context, Output, Retry, Settings, Simu
 topology = Topology(
     "orders",
     schemas_dir=Path(__file__).resolve().parent.parent / "schemas",
+    redact=("payment_token", "shipping_address"),
     slos=(
         SLO("processing-latency", sli="latency", objective=0.999, threshold="500ms", window="30d",
             description="99.9% of events are processed within 500 ms"),
