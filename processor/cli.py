@@ -318,6 +318,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return run_demo(settings, options)
 
 
+# -- bench -------------------------------------------------------------------------------------------------
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from processor.bench import BenchOptions, bench_command
+
+    return bench_command(BenchOptions(
+        events=args.events, partitions=args.partitions, payload_bytes=args.payload_bytes, json_path=args.json,
+        latency=args.latency, state_dir=args.state_dir,
+    ))
+
+
 # -- parser ------------------------------------------------------------------------------------------------
 
 
@@ -477,6 +489,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--state-dir", type=Path, default=Path(".processor"), help="where logs go")
     _add_settings_flags(demo)
     demo.set_defaults(func=cmd_demo)
+
+    bench = commands.add_parser(
+        "bench", help="compare the pipeline with plain Kafka, Faust and Quix loops on the same data",
+        description="Fill a source topic with N events, then run on it, each as a process of its own: (a) a "
+        "confluent-kafka loop, (b0) a consume-only Faust agent, (b) a Faust agent with await send() per event, "
+        "(c) `processor worker` on a pass-through topology, (d) the same with sampled tracing, (e) Quix Streams "
+        "if installed. Prints events/s, p50/p99 processing and end-to-end times, peak RSS, CPU per 1k events "
+        "and the ratios c/a, c/b, c/b0, c/e. Starts an embedded broker and Redis for whichever of "
+        "KAFKA_BOOTSTRAP_SERVERS and REDIS_URL is not set. Exit 1 unless every variant handled each event once.",
+    )
+    bench.add_argument("--events", type=_positive, default=20000, help="events in the source topic (default 20000)")
+    bench.add_argument("--partitions", type=_positive, default=3, help="partitions of every bench topic (default 3)")
+    bench.add_argument("--payload-bytes", type=_positive, default=200, help="bytes of each event's JSON (default 200)")
+    bench.add_argument("--json", type=Path, metavar="FILE", help="also write the results to FILE as JSON")
+    bench.add_argument("--latency", action="store_true",
+                       help="also run (c) at 50%% of its measured maximum rate and report its end-to-end p50/p99")
+    bench.add_argument("--state-dir", type=Path, default=Path(".processor"),
+                       help="where logs and the embedded servers' files go (default: .processor)")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -1,0 +1,190 @@
+"""`processor bench`: the processor's full pipeline against plain pass-through loops, on the same data.
+
+It fills one source topic with ``events`` JSON events, then runs each variant in turn as a process of its
+own (so its RSS and CPU are its own), reading that topic from the beginning in its own consumer group and
+writing to its own output topic:
+
+    (a)  confluent-kafka loop: consume -> orjson decode -> produce, committing every second
+    (b0) a plain Faust agent that only consumes (Faust's ceiling)
+    (b)  a plain Faust agent, ``await topic.send()`` per event
+    (c)  ``processor worker processor.bench_topology``: validation, dedup, handler, outputs, metrics
+    (d)  (c) with tracing on, sampled (provisional settings, see ``TRACING_ENV``)
+    (e)  Quix Streams pass-through, when ``quixstreams`` is importable (never installed by the bench)
+
+Each is timed from its first consumed record to its N-th output, counted on its output topic. Without
+``KAFKA_BOOTSTRAP_SERVERS`` and ``REDIS_URL`` the bench starts an embedded broker and Redis of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import sys
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from processor import bench_report as br
+from processor.bench_launch import loop_launch, worker_launch
+from processor.bench_loops import CONFLUENT, FAUST, FAUST_CONSUME, QUIX
+from processor.bench_run import Launch, Run, VariantFailed, fill, measure
+from processor.config import Settings
+from processor.kafka import ensure_topics
+from processor.servers import embedded_stack
+
+SERVER_SETTINGS = ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL")
+
+# (d): sampled at 10%, spans printed by the console exporter into /dev/null (provisional settings).
+TRACING_ENV = {
+    "OTEL_TRACES_EXPORTER": "console",
+    "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+    "OTEL_TRACES_SAMPLER_ARG": "0.1",
+}
+TRACING_NOTE = ("PROVISIONAL: (c) + OTEL_TRACES_SAMPLER=parentbased_traceidratio, _ARG=0.1, "
+                "OTEL_TRACES_EXPORTER=console, the worker's stdout and stderr (where the spans go) to /dev/null")
+
+NOTES = (
+    "e2e = output minus input record timestamp, counting from the later of the input's timestamp and the "
+    "variant's first record (every input was written before the runs; raw values are in the JSON).",
+    "processing: a/b0/b/e in-loop (record in hand to produce()/send() returned); c/d from the worker's "
+    "processor_processing_seconds (handler start to outputs acked by the broker; bucket-interpolated).",
+    "events/s: N over first record consumed to N-th output seen on the output topic. RSS: the process's "
+    "VmHWM. CPU s/1k: its utime+stime over the same span.",
+)
+
+# Measured on Tansu with a plain consumer: a Fetch that finds no records is answered after half its max wait
+# even when records arrive meanwhile (as it holds JoinGroup for half the session timeout, see README).
+TANSU_LATENCY_NOTE = (
+    "latency mode on the embedded broker: Tansu answers a Fetch that found no records only after half its max "
+    "wait, even if records arrive meanwhile, and Faust hard-codes aiokafka's fetch_max_wait_ms=1500: at a steady "
+    "rate most of this e2e is 750 ms fetch waits, which real Kafka (answering as soon as records arrive) does not add."
+)
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What ``processor bench`` runs."""
+
+    events: int = 20_000
+    partitions: int = 3
+    payload_bytes: int = 200
+    json_path: Path | None = None
+    latency: bool = False
+    state_dir: Path = Path(".processor")
+
+    @property
+    def timeout_seconds(self) -> float:
+        """Per variant: start-up (a Faust group join takes several seconds) plus a slow 100 events/s."""
+        return 90.0 + self.events / 100
+
+
+def missing_servers(environ: Mapping[str, str]) -> list[str]:
+    """The server settings absent from ``environ``: the embedded stack stands in for them."""
+    return [name for name in SERVER_SETTINGS if not environ.get(name)]
+
+
+# The label of each variant, in the order they run.
+VARIANTS: tuple[tuple[str, str], ...] = (
+    (br.PLAIN, "confluent-kafka loop"),
+    (br.FAUST_CONSUME, "Faust agent, consume only"),
+    (br.FAUST, "Faust agent, await send()"),
+    (br.PIPELINE, "processor pipeline"),
+    (br.TRACED, "processor + tracing (PROVISIONAL)"),
+    (br.QUIX, "Quix Streams"),
+)
+_LOOP_KINDS = {br.PLAIN: CONFLUENT, br.FAUST_CONSUME: FAUST_CONSUME, br.FAUST: FAUST, br.QUIX: QUIX}
+
+
+def launch_for(key: str, label: str, run: Run, log_dir: Path) -> Launch:
+    """How to start variant ``key``; built just before it runs, so that its free port is still free."""
+    if key == br.PIPELINE:
+        return worker_launch(key, label, run, log_dir, source=run.source)
+    if key == br.TRACED:
+        return worker_launch(key, label, run, log_dir, source=run.source, extra_env=TRACING_ENV,
+                             discard_output=True, note=TRACING_NOTE)
+    return loop_launch(_LOOP_KINDS[key], key, label, run, log_dir, output=key != br.FAUST_CONSUME)
+
+
+def run_bench(settings: Settings, options: BenchOptions, backend: str = "external servers",
+              progress: Callable[[str], None] = lambda line: None) -> br.Report:
+    """Fill the source and run every variant against the servers in ``settings``."""
+    run_id = f"bench-{uuid.uuid4().hex[:8]}"
+    log_dir = options.state_dir / "bench" / run_id
+    log_dir.mkdir(parents=True, exist_ok=True)
+    source = f"{run_id}.in"
+    ensure_topics(settings, [source], options.partitions, settings.topic_replication_factor)
+    progress(f"bench {run_id}: filling {source} with {options.events} events of {options.payload_bytes} B; "
+             f"logs in {log_dir}")
+    timestamps = fill(settings, source, run_id, options.events, options.payload_bytes)
+    run = Run(settings=settings, run_id=run_id, source=source, events=options.events,
+              partitions=options.partitions, input_timestamps=timestamps, timeout_seconds=options.timeout_seconds)
+    rows: list[br.Row] = []
+    for key, label in VARIANTS:
+        if key == br.QUIX and importlib.util.find_spec("quixstreams") is None:
+            rows.append(br.Row(key, label, status=br.SKIPPED, note="quixstreams is not installed (the bench "
+                               "does not install it)"))
+            continue
+        progress(f"bench {run_id}: running ({key}) {label}")
+        rows.append(measure(run, launch_for(key, label, run, log_dir)))
+    latency = None
+    notes = list(NOTES)
+    if options.latency:
+        from processor.bench_latency import run_latency
+
+        pipeline = next(r for r in rows if r.key == br.PIPELINE)
+        if not pipeline.events_per_s:
+            notes.append("latency mode not run: (c) has no measured maximum")
+        else:
+            progress(f"bench {run_id}: latency mode at {pipeline.events_per_s / 2:.0f} events/s")
+            try:
+                latency = run_latency(run, log_dir, rate=pipeline.events_per_s / 2,
+                                      payload_bytes=options.payload_bytes)
+            except VariantFailed as exc:
+                notes.append(f"latency mode FAILED: {exc}")
+    return br.Report(
+        events=options.events, partitions=options.partitions, payload_bytes=options.payload_bytes,
+        backend=backend, run_id=run_id, rows=tuple(rows), latency=latency, notes=tuple(notes),
+    )
+
+
+def complete(report: br.Report) -> bool:
+    """True when every variant that ran processed each event exactly once."""
+    return all(
+        r.status == br.SKIPPED or (r.status == br.OK and r.events == r.distinct == report.events)
+        for r in report.rows
+    )
+
+
+def describe_backend(settings: Settings, embedded: Sequence[str]) -> str:
+    """Where the run's servers are, for the report (never the Redis URL: it may hold a password)."""
+    kafka = "embedded Tansu" if "KAFKA_BOOTSTRAP_SERVERS" in embedded else f"Kafka {settings.kafka_bootstrap_servers}"
+    redis = "embedded redis-server" if "REDIS_URL" in embedded else "Redis from REDIS_URL"
+    return f"{kafka}, {redis}"
+
+
+def bench_command(options: BenchOptions, environ: Mapping[str, str] | None = None) -> int:
+    """``processor bench``: run, print the table, write the JSON; exit 1 unless every run was complete."""
+    env = dict(os.environ if environ is None else environ)
+    missing = missing_servers(env)
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    if not missing:
+        settings = Settings.load(env)
+        report = run_bench(settings, options, describe_backend(settings, missing), progress)
+    else:
+        with embedded_stack(options.state_dir / "bench-stack") as (kafka, redis_server):
+            embedded = {"KAFKA_BOOTSTRAP_SERVERS": kafka.address, "REDIS_URL": f"redis://{redis_server.address}/0"}
+            settings = Settings.load(env, overrides={name: embedded[name] for name in missing})
+            report = run_bench(settings, options, describe_backend(settings, missing), progress)
+            if report.latency is not None and "KAFKA_BOOTSTRAP_SERVERS" in missing:
+                report = dataclasses.replace(report, notes=(*report.notes, TANSU_LATENCY_NOTE))
+    print(br.render_table(report))
+    if options.json_path is not None:
+        options.json_path.write_bytes(orjson.dumps(report.as_json(), option=orjson.OPT_INDENT_2) + b"\n")
+    return 0 if complete(report) else 1

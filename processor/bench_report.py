@@ -1,0 +1,207 @@
+"""`processor bench` results: the pure part. Percentiles, ratios, the terminal table and the JSON shape.
+
+Nothing here touches Kafka, Redis or processes, so all of it is unit-tested directly.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Row keys, in the order the bench runs and prints them.
+PLAIN = "a"
+FAUST_CONSUME = "b0"
+FAUST = "b"
+PIPELINE = "c"
+TRACED = "d"
+QUIX = "e"
+ORDER = (PLAIN, FAUST_CONSUME, FAUST, PIPELINE, TRACED, QUIX)
+
+OK = "ok"
+SKIPPED = "skipped"
+FAILED = "failed"
+
+# The targets of the issue: reported, never asserted. (numerator, denominator, minimum ratio)
+TARGETS: tuple[tuple[str, str, float], ...] = ((PIPELINE, FAUST, 3.0), (PIPELINE, FAUST_CONSUME, 0.8))
+# The ratios the report shows: c against every baseline.
+RATIOS: tuple[tuple[str, str], ...] = (
+    (PIPELINE, PLAIN), (PIPELINE, FAUST), (PIPELINE, FAUST_CONSUME), (PIPELINE, QUIX),
+)
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The ``q``-quantile (0..1) by linear interpolation between closest ranks (numpy's default);
+    None for no values."""
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"quantile {q} is not in [0, 1]")
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    lower = math.floor(position)
+    upper = min(lower + 1, len(ordered) - 1)
+    return ordered[lower] + (ordered[upper] - ordered[lower]) * (position - lower)
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """``numerator / denominator``, or None when either is missing or the denominator is not positive."""
+    if numerator is None or denominator is None or denominator <= 0 or math.isnan(denominator):
+        return None
+    if math.isnan(numerator):
+        return None
+    return numerator / denominator
+
+
+def finite(value: float | None) -> float | None:
+    """None for NaN (an empty histogram's quantile), so the JSON holds null rather than NaN."""
+    return None if value is None or math.isnan(value) else value
+
+
+@dataclass(frozen=True)
+class Row:
+    """One variant's measurements; times in milliseconds, None where not measured.
+
+    ``events`` counts the records the variant produced to its output topic (consumed, for b0) and
+    ``distinct`` the distinct input keys among them: both equal the run's event count when it processed
+    each event exactly once.
+    """
+
+    key: str
+    label: str
+    status: str = OK
+    note: str = ""
+    events: int = 0
+    distinct: int = 0
+    seconds: float | None = None
+    events_per_s: float | None = None
+    processing_p50_ms: float | None = None
+    processing_p99_ms: float | None = None
+    processing_source: str = ""
+    e2e_p50_ms: float | None = None
+    e2e_p99_ms: float | None = None
+    e2e_raw_p50_ms: float | None = None
+    e2e_raw_p99_ms: float | None = None
+    peak_rss_mb: float | None = None
+    cpu_seconds_per_1k: float | None = None
+    cpu_seconds_total: float | None = None
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    """``--latency``: the pipeline fed at a fixed rate below its maximum; e2e is then a real latency."""
+
+    target_rate: float
+    achieved_rate: float
+    events: int
+    distinct: int
+    e2e_p50_ms: float | None
+    e2e_p99_ms: float | None
+    processing_p50_ms: float | None
+    processing_p99_ms: float | None
+
+
+@dataclass(frozen=True)
+class Report:
+    """A whole bench run."""
+
+    events: int
+    partitions: int
+    payload_bytes: int
+    backend: str
+    run_id: str
+    rows: tuple[Row, ...]
+    latency: LatencyResult | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def row(self, key: str) -> Row | None:
+        return next((r for r in self.rows if r.key == key), None)
+
+    def rate(self, key: str) -> float | None:
+        row = self.row(key)
+        return row.events_per_s if row is not None and row.status == OK else None
+
+    def ratios(self) -> dict[str, float | None]:
+        """events/s of c over each baseline, keyed ``"c/a"`` etc.; None where a side did not run."""
+        return {f"{n}/{d}": ratio(self.rate(n), self.rate(d)) for n, d in RATIOS}
+
+    def targets(self) -> dict[str, dict[str, float | bool | None]]:
+        """Each target of the issue: the ratio measured, the minimum, and whether it was met."""
+        out: dict[str, dict[str, float | bool | None]] = {}
+        for numerator, denominator, minimum in TARGETS:
+            measured = ratio(self.rate(numerator), self.rate(denominator))
+            out[f"{numerator} >= {minimum:g}x {denominator}"] = {
+                "ratio": measured, "minimum": minimum, "met": None if measured is None else measured >= minimum,
+            }
+        return out
+
+    def as_json(self) -> dict[str, Any]:
+        """The ``--json`` document: options, every row, ratios, targets, latency mode and notes."""
+        return {
+            "run_id": self.run_id,
+            "options": {"events": self.events, "partitions": self.partitions, "payload_bytes": self.payload_bytes},
+            "backend": self.backend,
+            "rows": [asdict(r) for r in self.rows],
+            "ratios": self.ratios(),
+            "targets": self.targets(),
+            "latency": asdict(self.latency) if self.latency is not None else None,
+            "notes": list(self.notes),
+        }
+
+
+def _cell(value: float | None, width: int, digits: int) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
+
+
+_HEADER = (f"{'variant':<38}{'events/s':>9}{'proc p50':>10}{'proc p99':>10}{'e2e p50':>10}{'e2e p99':>10}"
+           f"{'RSS MB':>8}{'CPU s/1k':>9}{'events':>8}")
+
+
+def render_table(report: Report) -> str:
+    """The terminal table: one line per variant, then ratios, targets, latency mode and notes."""
+    lines = [
+        f"processor bench {report.run_id}: {report.events} events x {report.payload_bytes} B, "
+        f"{report.partitions} partitions, {report.backend}",
+        _HEADER,
+        f"{'':<38}{'':>9}{'ms':>10}{'ms':>10}{'ms':>10}{'ms':>10}",
+        "-" * len(_HEADER),
+    ]
+    for row in report.rows:
+        name = f"({row.key}) {row.label}"[:37]
+        if row.status != OK:
+            lines.append(f"{name:<38}{row.status.upper()}: {row.note}")
+            continue
+        lines.append(
+            f"{name:<38}{_cell(row.events_per_s, 9, 0)}{_cell(row.processing_p50_ms, 10, 3)}"
+            f"{_cell(row.processing_p99_ms, 10, 3)}{_cell(row.e2e_p50_ms, 10, 1)}{_cell(row.e2e_p99_ms, 10, 1)}"
+            f"{_cell(row.peak_rss_mb, 8, 1)}{_cell(row.cpu_seconds_per_1k, 9, 3)}{row.events:>8}"
+        )
+    lines.append("")
+    lines.append("ratios (events/s): " + "  ".join(
+        f"{name} {'-' if value is None else f'{value:.2f}'}" for name, value in report.ratios().items()))
+    lines.append("targets (reported, not enforced): " + "; ".join(
+        f"{name}: {_verdict(t)}" for name, t in report.targets().items()))
+    if report.latency is not None:
+        lat = report.latency
+        lines.append(
+            f"latency mode (c at {lat.target_rate:.0f}/s, achieved {lat.achieved_rate:.0f}/s, {lat.events} events): "
+            f"e2e p50 {_ms(lat.e2e_p50_ms)}, p99 {_ms(lat.e2e_p99_ms)}; "
+            f"processing p50 {_ms(lat.processing_p50_ms)}, p99 {_ms(lat.processing_p99_ms)}"
+        )
+    notes = [f"({row.key}) {row.note}" for row in report.rows if row.status == OK and row.note]
+    for note in (*notes, *report.notes):
+        lines.extend(textwrap.wrap(note, width=len(_HEADER), subsequent_indent="  "))
+    return "\n".join(lines)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
+def _verdict(target: Mapping[str, float | bool | None]) -> str:
+    measured = target["ratio"]
+    if measured is None:
+        return "not measured"
+    return f"{'met' if target['met'] else 'NOT met'} ({float(measured):.2f}x)"

@@ -1,0 +1,298 @@
+"""Running one `processor bench` variant: fill the source, start the variant's process, count its outputs,
+read /proc and the worker's /metrics, and turn it all into a ``Row``.
+
+Completion is measured, never slept for: a reader counts the records on the variant's output topic (by
+consuming it, because the embedded broker's ListOffsets(latest) is not the log end; see the README).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+
+from processor.bench_proc import CLOCK_TICKS_PER_SECOND, cpu_ticks, peak_rss_kb, read_json
+from processor.bench_report import FAILED, OK, Row, percentile
+from processor.config import Settings
+from processor.errors import ProcessorError, StackError
+from processor.kafka import client_config, ensure_topics
+from processor.scrape import scrape
+
+SETTLE_SECONDS = 1.0  # after the N-th output, how long to keep counting so that an extra output shows
+STOP_SECONDS = 10.0
+
+
+class VariantFailed(ProcessorError):
+    """A variant's process died, or did not finish in time."""
+
+
+def event_value(run_id: str, n: int, payload_bytes: int) -> bytes:
+    """Event ``n`` of a run: ``{"event_id", "n", "payload"}`` padded to ``payload_bytes`` (or the minimum)."""
+    base = {"event_id": f"{run_id}-{n}", "n": n, "payload": ""}
+    pad = max(0, payload_bytes - len(orjson.dumps(base)))
+    return orjson.dumps({**base, "payload": "x" * pad})
+
+
+def fill(settings: Settings, topic: str, run_id: str, events: int, payload_bytes: int) -> list[int]:
+    """Produce the run's events, keyed by their number; returns each one's record timestamp (ms) by number."""
+    timestamps = [0] * events
+    failures: list[str] = []
+
+    def delivered(err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            failures.append(err.str())
+        else:
+            timestamps[int(msg.key() or b"-1")] = msg.timestamp()[1]
+
+    producer = Producer(client_config(settings, **{"enable.idempotence": True, "linger.ms": 20}))
+    for n in range(events):
+        while True:
+            try:
+                producer.produce(topic, value=event_value(run_id, n, payload_bytes), key=str(n).encode(),
+                                 on_delivery=delivered)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    if producer.flush(60) or failures:
+        raise StackError(f"could not fill {topic}: {failures[:1] or 'flush timed out'}")
+    return timestamps
+
+
+class OutputReader:
+    """Reads a topic from the beginning, keeping each record's key number and timestamp."""
+
+    def __init__(self, settings: Settings, topic: str, partitions: int) -> None:
+        # A short fetch wait: the time a record is seen is the end of a variant's run (see ``seen_ms``).
+        self._consumer = Consumer(client_config(settings, **{
+            "group.id": f"{topic}.reader", "enable.auto.commit": False, "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": 5,
+        }))
+        self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+        self.records: list[tuple[int, int]] = []  # (event number, output timestamp ms); -1: a foreign key
+        # When each record was seen here, in order: the broker has it and consumers can read it. Producers
+        # set the record timestamps (the embedded broker ignores LogAppendTime), at produce() rather than
+        # when the broker has the record, so the seen time is what ends a run.
+        self.seen_ms: list[float] = []
+
+    @property
+    def count(self) -> int:
+        return len(self.records)
+
+    def poll(self, timeout_seconds: float) -> None:
+        messages = self._consumer.consume(num_messages=1000, timeout=timeout_seconds)
+        now_ms = time.time() * 1000
+        for msg in messages:
+            if msg.error():
+                continue
+            try:
+                n = int(msg.key() or b"-1")
+            except ValueError:
+                n = -1  # not one of ours: counted, never distinct
+            self.records.append((n, msg.timestamp()[1]))
+            self.seen_ms.append(now_ms)
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How to start one variant and where it reports: ``output`` None for a consume-only variant,
+    ``result`` None for a worker (its processing times come from ``metrics_url``)."""
+
+    key: str
+    label: str
+    argv: Sequence[str]
+    env: Mapping[str, str]
+    log: Path
+    mark: Path
+    output: str | None = None
+    result: Path | None = None
+    metrics_url: str | None = None
+    topology: str | None = None
+    discard_output: bool = False  # stdout and stderr to /dev/null instead of ``log``
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Run:
+    """What every variant of one bench run shares."""
+
+    settings: Settings
+    run_id: str
+    source: str
+    events: int
+    partitions: int
+    input_timestamps: Sequence[int]
+    timeout_seconds: float
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What one variant's run left: its mark, its outputs, and its process as it was when done."""
+
+    first_ticks: int
+    first_ms: float
+    records: Sequence[tuple[int, int]]
+    end_ms: float | None  # when the N-th output was seen on the output topic
+    end_ticks: int
+    peak_rss_kb: int
+    processing: tuple[float | None, float | None]
+    result: Mapping[str, object] | None
+
+
+def run_variant(run: Run, launch: Launch) -> Sample:
+    """Start ``launch``, wait until it has handled every event, sample it, stop it."""
+    if launch.output is not None:
+        ensure_topics(run.settings, [launch.output], run.partitions, run.settings.topic_replication_factor)
+    with launch.log.open("wb") as log:
+        sink: IO[bytes] | int = subprocess.DEVNULL if launch.discard_output else log
+        proc = subprocess.Popen(list(launch.argv), env=dict(launch.env), stdin=subprocess.DEVNULL, stdout=sink,
+                                stderr=sink)
+    reader = OutputReader(run.settings, launch.output, run.partitions) if launch.output else None
+    try:
+        deadline = time.monotonic() + run.timeout_seconds
+        while not _done(run, launch, reader):
+            if reader is not None:
+                reader.poll(0.1)
+            else:
+                time.sleep(0.1)
+            if proc.poll() is not None:
+                raise VariantFailed(f"exited with status {proc.returncode}; {_where(launch)}")
+            if time.monotonic() > deadline:
+                raise VariantFailed(f"not done after {run.timeout_seconds:.0f}s; {_where(launch)}")
+        # Sampled first: reading /metrics afterwards costs the worker CPU that is not the events'.
+        end_ticks, rss = cpu_ticks(proc.pid), peak_rss_kb(proc.pid)
+        result = read_json(launch.result) if launch.result else None
+        if result is not None:
+            processing = (_float(result.get("processing_p50_ms")), _float(result.get("processing_p99_ms")))
+        else:
+            processing = histogram_percentiles(launch, run.events)
+        settle = time.monotonic() + SETTLE_SECONDS
+        while reader is not None and time.monotonic() < settle:
+            reader.poll(0.1)
+        mark = read_json(launch.mark)
+        assert mark is not None  # _done waited for it
+        return Sample(
+            first_ticks=int(mark["cpu_ticks"]), first_ms=float(mark["wall"]) * 1000,
+            records=list(reader.records) if reader is not None else [],
+            end_ms=reader.seen_ms[run.events - 1] if reader is not None else None, end_ticks=end_ticks, peak_rss_kb=rss,
+            processing=processing, result=result,
+        )
+    finally:
+        stop(proc)
+        if reader is not None:
+            reader.close()
+
+
+def _where(launch: Launch) -> str:
+    if launch.discard_output:
+        return "its output was discarded: the same worker without tracing is (c), whose log is kept"
+    return f"see {launch.log}"
+
+
+def _done(run: Run, launch: Launch, reader: OutputReader | None) -> bool:
+    if not launch.mark.exists():
+        return False
+    if launch.result is not None and not launch.result.exists():
+        return False
+    return reader is None or reader.count >= run.events
+
+
+def _float(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def histogram_percentiles(
+    launch: Launch, events: int, timeout_seconds: float = 15.0
+) -> tuple[float | None, float | None]:
+    """p50/p99 of the worker's processor_processing_seconds, once it has observed every event (it observes
+    after the outputs are acknowledged and the ids marked done, a little after the N-th output exists)."""
+    assert launch.metrics_url is not None
+    assert launch.topology is not None
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        try:
+            sample = scrape(launch.metrics_url)
+        except OSError:
+            sample = None
+        done = sample is not None and sample.value("processor_processing_seconds_count",
+                                                   topology=launch.topology) >= events
+        if sample is not None and (done or time.monotonic() > deadline):
+            p50, p99 = (_ms(sample.quantile(q, "processor_processing_seconds", topology=launch.topology))
+                        for q in (0.5, 0.99))
+            return p50, p99
+        if time.monotonic() > deadline:
+            return None, None
+        time.sleep(0.2)
+
+
+def _ms(seconds: float) -> float | None:
+    return None if math.isnan(seconds) else seconds * 1000
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, and SIGKILL if it has not exited within STOP_SECONDS."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def measure(run: Run, launch: Launch) -> Row:
+    """Run one variant and measure it (see ``Row``); a failure becomes a FAILED row, not an exception."""
+    try:
+        sample = run_variant(run, launch)
+    except VariantFailed as exc:
+        return Row(launch.key, launch.label, status=FAILED, note=str(exc))
+    records, first_ms = sample.records, sample.first_ms
+    if sample.end_ms is not None:
+        # Seeing the N-th output ends the run; later ones are extras (they count against "exactly N").
+        end_ms = sample.end_ms
+        events, distinct = len(records), len({n for n, _ in records if n >= 0})
+    else:
+        assert sample.result is not None
+        end_ms = float(str(sample.result["last_wall"])) * 1000
+        events = distinct = int(str(sample.result["count"]))
+    seconds = max(end_ms - first_ms, 1.0) / 1000
+    raw = [ts - run.input_timestamps[n] for n, ts in records if 0 <= n < run.events]
+    # Every input was written before the variant started, so raw e2e mostly measures how long the records
+    # waited for this variant to be started; from the variant's first record on is the drain's own latency.
+    clamped = [ts - max(run.input_timestamps[n], first_ms) for n, ts in records if 0 <= n < run.events]
+    cpu = (sample.end_ticks - sample.first_ticks) / CLOCK_TICKS_PER_SECOND
+    return Row(
+        launch.key, launch.label, status=OK, note=launch.note, events=events, distinct=distinct,
+        seconds=seconds, events_per_s=run.events / seconds,
+        processing_p50_ms=sample.processing[0], processing_p99_ms=sample.processing[1],
+        processing_source="histogram" if launch.result is None else "in-loop",
+        e2e_p50_ms=percentile(clamped, 0.5), e2e_p99_ms=percentile(clamped, 0.99),
+        e2e_raw_p50_ms=percentile(raw, 0.5), e2e_raw_p99_ms=percentile(raw, 0.99),
+        peak_rss_mb=sample.peak_rss_kb / 1024, cpu_seconds_per_1k=cpu / run.events * 1000,
+        cpu_seconds_total=sample.end_ticks / CLOCK_TICKS_PER_SECOND,
+    )
+
+
+def child_env(settings: Settings, extra: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a variant process: ours, the run's servers, no tracing unless ``extra`` says so."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update({
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers, "REDIS_URL": settings.redis_url.reveal(),
+        "OTEL_TRACES_EXPORTER": "none",
+    })
+    env.update(extra)
+    return env
+

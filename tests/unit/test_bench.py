@@ -1,0 +1,258 @@
+"""`processor bench`: the pure parts (percentiles, ratios, table, JSON shape, /proc parsing, the events)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib
+import math
+from pathlib import Path
+
+import orjson
+import pytest
+
+import processor
+from processor import bench_report as br
+from processor.bench import BenchOptions, complete, describe_backend, missing_servers
+from processor.bench_loops import LoopSpec
+from processor.bench_proc import parse_cpu_ticks, parse_peak_rss_kb, read_json, write_json
+from processor.bench_run import event_value
+from processor.codec import Decoder, compile_schema
+from processor.config import Settings
+from processor.topology import Context, Output
+
+N = 1000
+
+
+def ok_row(key: str, rate: float, **extra: float) -> br.Row:
+    return br.Row(key, f"variant {key}", events=N, distinct=N, seconds=N / rate, events_per_s=rate,
+                  processing_p50_ms=extra.get("p50", 1.0), processing_p99_ms=extra.get("p99", 2.0),
+                  e2e_p50_ms=10.0, e2e_p99_ms=20.0, peak_rss_mb=50.0, cpu_seconds_per_1k=0.1)
+
+
+def report(*rows: br.Row, latency: br.LatencyResult | None = None) -> br.Report:
+    return br.Report(events=N, partitions=3, payload_bytes=200, backend="test", run_id="bench-test", rows=rows,
+                     latency=latency, notes=("a note",))
+
+
+FULL = report(
+    ok_row(br.PLAIN, 20_000.0), ok_row(br.FAUST_CONSUME, 5_000.0), ok_row(br.FAUST, 1_000.0),
+    ok_row(br.PIPELINE, 4_000.0), ok_row(br.TRACED, 3_000.0),
+    br.Row(br.QUIX, "Quix Streams", status=br.SKIPPED, note="quixstreams is not installed"),
+)
+
+
+# -- maths -------------------------------------------------------------------------------------------------
+
+
+def test_percentile_interpolates_between_closest_ranks() -> None:
+    assert br.percentile([4.0, 1.0, 3.0, 2.0], 0.5) == pytest.approx(2.5)
+    assert br.percentile([1.0, 2.0, 3.0, 4.0], 0.99) == pytest.approx(3.97)
+    assert br.percentile([1.0, 2.0, 3.0, 4.0], 0.0) == 1.0
+    assert br.percentile([1.0, 2.0, 3.0, 4.0], 1.0) == 4.0
+    assert br.percentile([7.0], 0.99) == 7.0
+    assert br.percentile(list(map(float, range(101))), 0.99) == pytest.approx(99.0)
+
+
+def test_percentile_of_nothing_is_none_and_q_is_checked() -> None:
+    assert br.percentile([], 0.5) is None
+    with pytest.raises(ValueError, match="quantile"):
+        br.percentile([1.0], 1.5)
+
+
+def test_ratio_is_none_when_a_side_is_missing_or_not_positive() -> None:
+    assert br.ratio(3.0, 1.5) == 2.0
+    assert br.ratio(None, 1.0) is None
+    assert br.ratio(1.0, None) is None
+    assert br.ratio(1.0, 0.0) is None
+    assert br.ratio(math.nan, 1.0) is None
+    assert br.ratio(1.0, math.nan) is None
+
+
+def test_ratios_set_the_pipeline_against_every_baseline() -> None:
+    assert FULL.ratios() == {"c/a": 0.2, "c/b": 4.0, "c/b0": 0.8, "c/e": None}
+
+
+def test_targets_report_ratio_minimum_and_verdict() -> None:
+    targets = FULL.targets()
+    assert targets["c >= 3x b"] == {"ratio": 4.0, "minimum": 3.0, "met": True}
+    assert targets["c >= 0.8x b0"]["met"] is True
+    slow = report(ok_row(br.FAUST, 1_000.0), ok_row(br.PIPELINE, 2_000.0))
+    assert slow.targets()["c >= 3x b"]["met"] is False
+    assert slow.targets()["c >= 0.8x b0"] == {"ratio": None, "minimum": 0.8, "met": None}
+
+
+def test_a_failed_row_counts_as_not_measured() -> None:
+    failed = report(ok_row(br.PLAIN, 1_000.0), br.Row(br.PIPELINE, "pipeline", status=br.FAILED, note="boom"))
+    assert failed.ratios()["c/a"] is None
+
+
+# -- table -------------------------------------------------------------------------------------------------
+
+
+def test_table_has_a_line_per_variant_ratios_targets_and_notes() -> None:
+    text = br.render_table(FULL)
+    lines = text.splitlines()
+    assert len(lines) < 50
+    for key in br.ORDER:
+        assert any(line.startswith(f"({key}) ") for line in lines), key
+    pipeline = next(line for line in lines if line.startswith("(c) "))
+    assert "4000" in pipeline
+    assert pipeline.split()[-1] == str(N)
+    assert "SKIPPED: quixstreams is not installed" in text
+    assert "c/b 4.00" in text
+    assert "c/e -" in text
+    assert "c >= 3x b: met (4.00x)" in text
+    assert "a note" in text
+
+
+def test_table_shows_missing_values_as_dashes_and_failures_as_such() -> None:
+    sparse = report(br.Row(br.FAUST_CONSUME, "consume only", events=N, distinct=N, events_per_s=5_000.0),
+                    br.Row(br.PIPELINE, "pipeline", status=br.FAILED, note="exited with status 1"))
+    text = br.render_table(sparse)
+    consume = next(line for line in text.splitlines() if line.startswith("(b0) "))
+    assert consume.split()[-8:-1] == ["5000", "-", "-", "-", "-", "-", "-"]
+    assert "FAILED: exited with status 1" in text
+    assert "c >= 3x b: not measured" in text
+
+
+def test_table_shows_the_latency_mode() -> None:
+    latency = br.LatencyResult(target_rate=2000.0, achieved_rate=1999.0, events=N, distinct=N, e2e_p50_ms=12.0,
+                               e2e_p99_ms=48.5, processing_p50_ms=4.0, processing_p99_ms=9.0)
+    with_latency = report(ok_row(br.PIPELINE, 4_000.0), latency=latency)
+    text = br.render_table(with_latency)
+    assert "latency mode (c at 2000/s" in text
+    assert "p99 48.5 ms" in text
+    assert orjson.loads(orjson.dumps(with_latency.as_json()))["latency"] == dataclasses.asdict(latency)
+
+
+# -- JSON --------------------------------------------------------------------------------------------------
+
+
+def test_json_has_options_rows_ratios_targets_and_notes() -> None:
+    document = orjson.loads(orjson.dumps(FULL.as_json()))
+    assert document["options"] == {"events": N, "partitions": 3, "payload_bytes": 200}
+    assert [r["key"] for r in document["rows"]] == list(br.ORDER)
+    fields = {f.name for f in dataclasses.fields(br.Row)}
+    assert all(set(r) == fields for r in document["rows"])
+    assert document["rows"][3]["events_per_s"] == 4_000.0
+    assert document["ratios"]["c/b"] == 4.0
+    assert document["targets"]["c >= 3x b"]["met"] is True
+    assert document["latency"] is None
+    assert document["notes"] == ["a note"]
+
+
+def test_finite_turns_nan_into_none() -> None:
+    assert br.finite(math.nan) is None
+    assert br.finite(1.5) == 1.5
+    assert br.finite(None) is None
+
+
+def test_complete_needs_exactly_n_distinct_outputs_per_variant_that_ran() -> None:
+    assert complete(FULL)
+    extra = dataclasses.replace(ok_row(br.FAUST, 1_000.0), events=N + 1)
+    assert not complete(report(extra))
+    assert not complete(report(dataclasses.replace(ok_row(br.FAUST, 1_000.0), distinct=N - 1)))
+    assert not complete(report(br.Row(br.PIPELINE, "pipeline", status=br.FAILED)))
+
+
+# -- /proc and files ---------------------------------------------------------------------------------------
+
+
+def test_cpu_ticks_are_utime_plus_stime_even_with_a_strange_command_name() -> None:
+    stat = "4242 (python3 (a) b) S 1 4242 4242 0 -1 4194560 900 0 0 0 150 37 0 0 20 0 3 0 100 1000 200"
+    assert parse_cpu_ticks(stat) == 187
+
+
+def test_cpu_ticks_of_this_process_grow() -> None:
+    from processor.bench_proc import cpu_ticks, peak_rss_kb
+
+    assert cpu_ticks() >= 0
+    assert peak_rss_kb() > 1000
+
+
+def test_peak_rss_is_vmhwm() -> None:
+    status = "Name:\tpython\nVmPeak:\t  500000 kB\nVmHWM:\t   81234 kB\nVmRSS:\t   80000 kB\n"
+    assert parse_peak_rss_kb(status) == 81234
+    with pytest.raises(ValueError, match="VmHWM"):
+        parse_peak_rss_kb("Name:\tpython\n")
+
+
+def test_json_files_round_trip_and_absent_is_none(tmp_path: Path) -> None:
+    path = tmp_path / "mark"
+    assert read_json(path) is None
+    write_json(path, {"wall": 1.5, "cpu_ticks": 7})
+    assert read_json(path) == {"wall": 1.5, "cpu_ticks": 7}
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_loop_spec_round_trips_through_json() -> None:
+    spec = LoopSpec(source="s", output="o", group="g", events=5, mark_file="m", result_file="r", state_dir="d")
+    assert LoopSpec.from_json(spec.to_json()) == spec
+
+
+# -- events, schema and topology ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [200, 64, 1000])
+def test_events_have_the_payload_size_and_pass_the_bench_schema(size: int) -> None:
+    value = event_value("bench-x", 12345, size)
+    assert len(value) == size
+    schemas = Path(processor.__file__).parent / "bench_schemas"
+    decoder = Decoder(compile_schema(schemas, "bench_event"), "event_id", 1 << 20)
+    event, event_id = decoder.decode(value, {})
+    assert event_id == "bench-x-12345"
+    assert event["n"] == 12345
+
+
+def test_a_tiny_payload_size_gives_the_smallest_event() -> None:
+    assert orjson.loads(event_value("r", 1, 1))["payload"] == ""
+
+
+def test_bench_topology_passes_the_event_through_and_marks_its_first_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mark = tmp_path / "mark"
+    monkeypatch.setenv("PROCESSOR_BENCH_NAME", "bench-unit")
+    monkeypatch.setenv("PROCESSOR_BENCH_SOURCE", "bench-unit.src")
+    monkeypatch.setenv("PROCESSOR_BENCH_OUTPUT", "bench-unit.dst")
+    monkeypatch.setenv("PROCESSOR_BENCH_MARK_FILE", str(mark))
+    import processor.bench_topology as module
+
+    module = importlib.reload(module)
+    (spec,) = module.topology.handlers
+    assert (spec.source, spec.outputs, spec.schema) == ("bench-unit.src", ("bench-unit.dst",), "bench_event")
+    assert module.topology.group(spec.name) == "bench-unit.passthrough"
+    ctx = Context(topology="bench-unit", handler=spec.name, event_id="e1", topic="bench-unit.src", partition=0,
+                  offset=0, attempt=1, key=b"1", headers={}, dependencies={})
+    event = {"event_id": "e1", "n": 1, "payload": ""}
+    assert asyncio.run(spec.func(event, ctx)) == [Output("bench-unit.dst", event)]
+    first = read_json(mark)
+    assert first is not None
+    assert set(first) == {"wall", "cpu_ticks"}
+    asyncio.run(spec.func(event, ctx))
+    assert read_json(mark) == first
+
+
+# -- options and servers -----------------------------------------------------------------------------------
+
+
+def test_defaults_match_the_issue() -> None:
+    options = BenchOptions()
+    assert (options.events, options.partitions, options.payload_bytes) == (20_000, 3, 200)
+    assert options.json_path is None
+
+
+def test_the_embedded_stack_stands_in_for_unset_servers() -> None:
+    assert missing_servers({}) == ["KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"]
+    assert missing_servers({"KAFKA_BOOTSTRAP_SERVERS": "k:9092", "REDIS_URL": ""}) == ["REDIS_URL"]
+    assert missing_servers({"KAFKA_BOOTSTRAP_SERVERS": "k:9092", "REDIS_URL": "redis://r:6379/0"}) == []
+
+
+def test_the_backend_description_never_shows_the_redis_url() -> None:
+    settings = Settings.load({}, overrides={"KAFKA_BOOTSTRAP_SERVERS": "k:9092",
+                                            "REDIS_URL": "redis://:hunter2@r:6379/0"})
+    assert describe_backend(settings, []) == "Kafka k:9092, Redis from REDIS_URL"
+    assert "hunter2" not in describe_backend(settings, ["KAFKA_BOOTSTRAP_SERVERS"])
+    assert describe_backend(settings, ["KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"]) == (
+        "embedded Tansu, embedded redis-server")
