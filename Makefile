@@ -52,9 +52,10 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-# The whole suite; the tests start (and stop) the broker and Redis they need themselves.
+# The whole suite; the tests start (and stop) the broker and Redis they need themselves. Three pytest
+# processes (each with its own embedded broker and Redis): the integration tests mostly wait on workers.
 test: $(STAMP) system-deps $(BIN)/kcat lint typecheck
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 3
 
 clean:
 	rm -rf $(VENV) .processor .mypy_cache .ruff_cache .pytest_cache *.egg-info

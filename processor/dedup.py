@@ -80,6 +80,14 @@ end
 return #KEYS
 """
 
+# KEYS[i]: one per event; ARGV: ttl_seconds.
+_DONE = """
+for _, key in ipairs(KEYS) do
+  redis.call('SET', key, 'd', 'EX', ARGV[1])
+end
+return #KEYS
+"""
+
 # KEYS[i]: one per event; ARGV: token. Deletes only claims this batch holds.
 _RELEASE = """
 local n = 0
@@ -136,6 +144,7 @@ class Dedup:
         self._claim = client.register_script(_CLAIM)
         self._store = client.register_script(_STORE)
         self._release = client.register_script(_RELEASE)
+        self._done = client.register_script(_DONE)
 
     def new_token(self) -> str:
         """A claim token for one batch: this worker's id and a sequence number."""
@@ -161,16 +170,10 @@ class Dedup:
 
     async def mark_done(self, event_ids: Sequence[str]) -> None:
         """Remember these ids as processed for the TTL; call only after their outputs are acknowledged."""
-        if not event_ids:
-            return
-
-        async def run() -> None:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for event_id in event_ids:
-                    pipe.set(self.key(event_id), b"d", ex=self._ttl)
-                await pipe.execute()
-
-        await self._call(run)
+        if event_ids:
+            # One script call: a pipeline of N SETs costs the client N command encodings and replies.
+            keys = [self.key(i) for i in event_ids]
+            await self._call(lambda: self._done(keys=keys, args=[self._ttl]))
 
     async def release(self, event_ids: Sequence[str], token: str) -> None:
         """Drop our claims on ids whose handler failed, so their retry copies can claim them."""
