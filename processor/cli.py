@@ -10,9 +10,13 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from processor.config import Settings
 from processor.errors import ConfigError, ProcessorError
+
+if TYPE_CHECKING:
+    from processor.topology import Topology
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -51,6 +55,14 @@ def _non_negative(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
     return int(text)
+
+
+def _load_topology(name: str) -> Topology:
+    """Import a topology module by path, from the current directory too (like `python -m`)."""
+    from processor.topology import load_topology
+
+    _import_path()
+    return load_topology(name)
 
 
 def _import_path() -> None:
@@ -116,24 +128,20 @@ def cmd_dev_env(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from processor.logs import configure_logging
-    from processor.topology import load_topology
     from processor.worker import Worker
 
     settings = _settings(args)
     configure_logging(settings.log_level)
-    _import_path()
-    topology = load_topology(args.topology)
+    topology = _load_topology(args.topology)
     Worker(topology, settings, create_topics=not args.no_create_topics).run()
     return 0
 
 
 def cmd_topics_create(args: argparse.Namespace) -> int:
     from processor.kafka import ensure_topics
-    from processor.topology import load_topology
 
     settings = _settings(args)
-    _import_path()
-    topology = load_topology(args.topology)
+    topology = _load_topology(args.topology)
     partitions = args.partitions or topology.partitions or settings.topic_partitions
     replication = args.replication_factor or settings.topic_replication_factor
     names = topology.topics()
@@ -157,12 +165,10 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     from processor.logs import configure_logging
     from processor.metrics import Metrics
     from processor.monitor import Monitor
-    from processor.topology import load_topology
 
     settings = _settings(args)
     configure_logging(settings.log_level)
-    _import_path()
-    topology = load_topology(args.topology)
+    topology = _load_topology(args.topology)
     metrics = Metrics()
     metrics.serve(settings.metrics_host, settings.metrics_port)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -180,11 +186,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     from rich.live import Live
 
     from processor.status import render, snapshot
-    from processor.topology import load_topology
 
     settings = _settings(args)
-    _import_path()
-    topology = load_topology(args.topology)
+    topology = _load_topology(args.topology)
     url = args.metrics_url or f"http://127.0.0.1:{settings.metrics_port}/metrics"
     try:
         snap = snapshot(topology, settings, url)
@@ -225,19 +229,15 @@ def _write(text: str, path: Path | None) -> None:
 
 def cmd_slo_rules(args: argparse.Namespace) -> int:
     from processor.rules import RUNBOOK_BASE, render_rules
-    from processor.topology import load_topology
 
-    _import_path()
-    _write(render_rules(load_topology(args.topology), runbook_base=args.runbook_base or RUNBOOK_BASE), args.output)
+    _write(render_rules(_load_topology(args.topology), runbook_base=args.runbook_base or RUNBOOK_BASE), args.output)
     return 0
 
 
 def cmd_slo_dashboard(args: argparse.Namespace) -> int:
     from processor.dashboard import render_dashboard
-    from processor.topology import load_topology
 
-    _import_path()
-    _write(render_dashboard(load_topology(args.topology)), args.output)
+    _write(render_dashboard(_load_topology(args.topology)), args.output)
     return 0
 
 
@@ -248,11 +248,9 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
     import orjson
 
     from processor.dlq import list_entries
-    from processor.topology import load_topology
 
     settings = _settings(args)
-    _import_path()
-    topology = load_topology(args.topology)
+    topology = _load_topology(args.topology)
     entries = list_entries(settings, topology, args.handler, args.limit)
     if args.json:
         sys.stdout.write(orjson.dumps([e.summary() for e in entries], option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -269,11 +267,9 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
 
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
     from processor.dlq import replay
-    from processor.topology import load_topology
 
     settings = _settings(args)
-    _import_path()
-    topology = load_topology(args.topology)
+    topology = _load_topology(args.topology)
     outcome = replay(settings, topology, args.handler, event_ids=None if args.all else args.event_id,
                      dry_run=args.dry_run, rate_per_second=args.rate, force=args.force)
     verb = "would replay" if args.dry_run else "replayed"
