@@ -4,12 +4,16 @@ unprocessed record, Burrow-style status, and draining to 0 after a restart."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from confluent_kafka import Producer
 
-from tests.conftest import Backend
+from tests.conftest import REPO, Backend
 from tests.support import WorkerProcess, bed_worker, event, produce, read_topic
 
 K = 250
@@ -55,6 +59,17 @@ def test_lag_is_exact_grows_and_drains(backend: Backend, unique: str, tmp_path: 
         monitor.wait_for(lambda: lag(monitor, group, source) == 0, 60, "lag drained to 0")
         assert lag(monitor, group, source, "processor_consumer_lag_seconds") == 0
         monitor.wait_for(lambda: status(monitor, group) == "OK", 20, "status OK once drained")
+
+        shown = subprocess.run(
+            [sys.executable, "-m", "processor", "status", "tests.topologies.testbed", "--metrics-url", monitor.url,
+             "--once", "--json"],
+            capture_output=True, text=True, timeout=60, cwd=REPO, env={**os.environ, **monitor.env},
+        )
+        assert shown.returncode == 0, shown.stderr
+        snap = json.loads(shown.stdout)
+        assert snap["groups"] == {group: "OK"}
+        assert {(row["topic"], row["messages"]) for row in snap["lag"] if row["topic"] == source} == {(source, 0)}
+        assert [h["handler"] for h in snap["handlers"]] == ["a"]
     finally:
         worker.stop()
         monitor.stop()
