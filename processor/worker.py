@@ -125,6 +125,21 @@ class _OnStop(mode.Service):
         await self._callback()
 
 
+class _Together(mode.Service):
+    """Starts (and stops) several apps at once. Started one after another, each app waits out its own
+    group join (about 6 s on the embedded broker) before the next begins."""
+
+    def __init__(self, apps: list[faust.App]) -> None:
+        super().__init__()
+        self._apps = apps
+
+    async def on_start(self) -> None:
+        await asyncio.gather(*(app.maybe_start() for app in self._apps))
+
+    async def on_stop(self) -> None:
+        await asyncio.gather(*(app.stop() for app in self._apps))
+
+
 class _Fetching:
     """Pauses and resumes partitions at a Faust app's consumer."""
 
@@ -252,7 +267,10 @@ class Worker:
             )
         self.metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
         # The CLI configured logging (processor.logs); mode must not replace it with its own handler.
-        worker = faust.Worker(*self.apps, loglevel=self.settings.log_level, quiet=True, override_logging=False)
+        # faust.Worker starts its services before its app: _Together has every app running (the first one
+        # too, which the worker then finds started) after one group join's time, not one per handler.
+        worker = faust.Worker(self.apps[0], _Together(self.apps), loglevel=self.settings.log_level, quiet=True,
+                              override_logging=False)
         worker.spinner = None  # at WARNING and above it writes terminal escapes into stdout, even a file
         try:
             with redirect_stdouts(severity="WARNING"):  # print() and stray stderr become log records
