@@ -27,6 +27,7 @@ ORIG_PARTITION = PREFIX + "original-partition"
 ORIG_OFFSET = PREFIX + "original-offset"
 ORIG_TIMESTAMP_MS = PREFIX + "original-timestamp-ms"
 REPLAYED_AT_MS = PREFIX + "replayed-at-ms"
+VALUE_TRUNCATED = PREFIX + "value-truncated"  # the original value's size, when the DLQ holds only a prefix
 TRACE_HEADERS = ("traceparent", "tracestate")
 
 MAX_STACK_BYTES = 4096

@@ -41,6 +41,7 @@ class DeliveryError:
 
     message: str
     retriable: bool
+    too_large: bool = False
 
 
 _rdkafka_log = logging.getLogger("librdkafka")
@@ -52,10 +53,11 @@ def client_config(settings: Settings, **extra: Any) -> dict[str, Any]:
 
 
 class _Batch:
-    __slots__ = ("errors", "future", "loop", "remaining")
+    __slots__ = ("errors", "future", "lock", "loop", "remaining")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
         self.loop = loop
+        self.lock = threading.Lock()  # reports come from the poll thread, refusals at produce() from the loop
         self.remaining = size
         self.errors: list[DeliveryError | None] = [None] * size
         self.future: asyncio.Future[list[DeliveryError | None]] = loop.create_future()
@@ -63,9 +65,13 @@ class _Batch:
     def done(self, index: int, err: KafkaError | None) -> None:
         # Runs on the poll thread: only the last report of a batch crosses to the event loop.
         if err is not None:
-            self.errors[index] = DeliveryError(err.str(), err.retriable())
-        self.remaining -= 1
-        if self.remaining == 0:
+            self.errors[index] = DeliveryError(
+                err.str(), err.retriable(), err.code() == KafkaError.MSG_SIZE_TOO_LARGE
+            )
+        with self.lock:
+            self.remaining -= 1
+            last = self.remaining == 0
+        if last:
             self.loop.call_soon_threadsafe(self._resolve)
 
     def _resolve(self) -> None:
@@ -111,6 +117,10 @@ class DeliveringProducer:
             except BufferError:
                 # The local queue is full: let the poll thread drain delivery reports.
                 await asyncio.sleep(0.01)
+            except KafkaException as exc:
+                # Refused before it left (too large, unknown topic...): reported like a broker refusal.
+                on_delivery(exc.args[0], None)
+                return
 
     def close(self, timeout_seconds: float = 30.0) -> None:
         """Deliver what is queued (up to the timeout), then stop the poll thread."""

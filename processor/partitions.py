@@ -64,6 +64,7 @@ class PartitionQueues(Generic[TP]):
         self._on_pause_change = on_pause_change
         self._partitions: dict[TP, _Partition] = {}
         self._stopping = False
+        self._retry_seconds = 1.0
 
     def put(self, tp: TP, record: InRecord, due_ms: int, token: object) -> None:
         """Queue a consumed record; ``token`` is handed to ``ack`` once its batch is done."""
@@ -130,7 +131,17 @@ class PartitionQueues(Generic[TP]):
                 batch = self._take_due(part)
                 # Shielded: a revoke during the batch must not cut it between produce and ack.
                 part.in_flight = asyncio.ensure_future(self._run_and_ack(batch))
-                await asyncio.shield(part.in_flight)
+                try:
+                    await asyncio.shield(part.in_flight)
+                except Exception:
+                    # A bug, not an event's failure (those are routed): keep the partition alive and run
+                    # the same records again, unacked, rather than stop consuming it in silence.
+                    log.exception("batch of %d records from %s failed; running it again", len(batch), tp)
+                    part.queue.extendleft(reversed(batch))
+                    await asyncio.sleep(self._retry_seconds)
+                    self._retry_seconds = min(self._retry_seconds * 2, 30.0)
+                else:
+                    self._retry_seconds = 1.0
                 part.in_flight = None
                 if len(part.queue) < self._low_water:
                     self._release(tp, part, "backpressure")

@@ -423,6 +423,12 @@ class Pipeline:
             for owner, record, error in zip(owners, records, errors, strict=True):
                 if error is None:
                     continue
+                if owner is None and error.too_large and not _is_truncated(record):
+                    # A retry or DLQ record too large to produce (an oversized input plus our headers): keep
+                    # the entry, with the value cut; its headers point at the original record.
+                    next_owners.append(None)
+                    next_records.append(_truncated(record))
+                    continue
                 if owner is not None and not error.retriable:
                     if all(owner is not r for r in rejected):
                         rejected.append(owner)
@@ -465,6 +471,19 @@ class Pipeline:
                     processing.observe(took)
             end_to_end.observe(age)
             self._observe(took, age, now)
+
+
+TRUNCATED_VALUE_BYTES = 64 * 1024
+
+
+def _is_truncated(record: OutRecord) -> bool:
+    return any(k == h.VALUE_TRUNCATED for k, _ in record.headers)
+
+
+def _truncated(record: OutRecord) -> OutRecord:
+    size = len(record.value or b"")
+    value = (record.value or b"")[:TRUNCATED_VALUE_BYTES]
+    return OutRecord(record.topic, value, record.key, [*record.headers, (h.VALUE_TRUNCATED, str(size).encode())])
 
 
 def _encode_outputs(outputs: Sequence[OutRecord]) -> bytes:

@@ -11,7 +11,7 @@ import orjson
 from confluent_kafka import KafkaError, Message, Producer
 
 from tests.conftest import Backend
-from tests.support import bed_worker, event, read_topic
+from tests.support import bed_worker, event, produce, read_topic
 
 Position = tuple[int, int]  # (partition, offset)
 
@@ -98,5 +98,26 @@ def test_invalid_records_are_dead_lettered_with_reason_and_origin(
         assert metrics.value("processor_dead_letters_total", handler="a") == len(bad)
         # A second read of the DLQ: nothing was dead-lettered twice.
         assert len(read_topic(backend.bootstrap_servers, f"{unique}.in.a.dlq", expect=len(bad), settle=1.0)) == len(bad)
+    finally:
+        worker.stop()
+
+
+def test_an_input_too_large_to_dead_letter_whole_is_kept_truncated(backend: Backend, unique: str,
+                                                                    tmp_path: Path) -> None:
+    """An input the broker took, but which with our failure headers is over the producer's size limit: the
+    DLQ keeps the entry with a prefix of the value and the original size, and the partition goes on."""
+    worker = bed_worker(backend.env(), unique, tmp_path, max_bytes="512").start()
+    try:
+        worker.wait_assigned(["a"])
+        huge = orjson.dumps({"event_id": "huge-1", "n": 1, "pad": "x" * 999_000})
+        produce(backend.bootstrap_servers, f"{unique}.in", [(b"k", huge)])
+        produce(backend.bootstrap_servers, f"{unique}.in", [event(f"after{i}", i) for i in range(20)])
+        out = read_topic(backend.bootstrap_servers, f"{unique}.a.out", expect=20, timeout=60)
+        assert sorted(m.json()["event_id"] for m in out) == sorted(f"after{i}" for i in range(20))
+        dead = read_topic(backend.bootstrap_servers, f"{unique}.in.a.dlq", expect=1, timeout=30)
+        assert len(dead) == 1
+        assert dead[0].headers["x-processor-reason"] == b"oversized"
+        assert dead[0].headers["x-processor-value-truncated"] == str(len(huge)).encode()
+        assert dead[0].value == huge[: len(dead[0].value or b"")]
     finally:
         worker.stop()
