@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Debian packages the tests and the demo need: command -> package.
 SYSTEM_DEPS := redis-server:redis-server kcat:kcat promtool:prometheus
 
-.PHONY: demo test lint typecheck unit system-deps clean
+.PHONY: demo test chaos lint typecheck unit system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,10 @@ unit: $(STAMP)
 # processes (each with its own embedded broker and Redis): the integration tests mostly wait on workers.
 test: $(STAMP) system-deps $(BIN)/kcat lint typecheck
 	$(BIN)/pytest -q -n 3
+
+# Every chaos experiment, each on a broker and Redis of its own (~16 min); prints the table, writes the report.
+chaos: $(STAMP) system-deps
+	$(BIN)/processor chaos run all --report .processor/chaos/report.md
 
 clean:
 	rm -rf $(VENV) .processor .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -14,6 +14,7 @@ from pathlib import Path
 from processor.commands import (
     CONNECTION_FLAGS,
     cmd_bench,
+    cmd_chaos_run,
     cmd_demo,
     cmd_dev_down,
     cmd_dev_env,
@@ -255,6 +256,26 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--state-dir", type=Path, default=Path(".processor"),
                        help="where logs and the embedded servers' files go (default: .processor)")
     bench.set_defaults(func=cmd_bench)
+
+    chaos = commands.add_parser("chaos", help="chaos experiments: faults under load, with a verdict",
+                                description="Run chaos experiments against the processor (see README).")
+    chaos_commands = chaos.add_subparsers(dest="chaos_command", required=True, metavar="ACTION")
+    chaos_run = chaos_commands.add_parser(
+        "run", help="run an experiment, the quick subset or all of them",
+        description="Run EXPERIMENT (a name from --list, `quick` for the subset `make test` runs, or `all`), each "
+        "on a broker and Redis of its own (the servers KAFKA_BOOTSTRAP_SERVERS and REDIS_URL name, when both are "
+        "set), verify events, side effects, lag, /metrics and alerts, print a table and write a markdown and a "
+        "JSON report. Exit 0 only when every experiment passed.",
+    )
+    chaos_run.add_argument("experiment", nargs="?", default="all", help="an experiment, quick or all (default all)")
+    chaos_run.add_argument("--topology", default="topologies.orders",
+                           help="topology module (default topologies.orders)")
+    chaos_run.add_argument("--events", type=_positive, help="events per experiment (default: each experiment's own)")
+    chaos_run.add_argument("--duration", type=_seconds, help="seconds of load per experiment (default: its own)")
+    chaos_run.add_argument("--report", type=Path, default=Path(".processor/chaos/report.md"),
+                           help="markdown report; JSON beside it, process logs in <report>-logs/")
+    chaos_run.add_argument("--list", action="store_true", help="list the experiments and exit")
+    chaos_run.set_defaults(func=cmd_chaos_run)
     return parser
 
 

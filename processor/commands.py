@@ -279,3 +279,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         events=args.events, partitions=args.partitions, payload_bytes=args.payload_bytes, json_path=args.json,
         latency=args.latency, state_dir=args.state_dir,
     ))
+
+
+# -- chaos -------------------------------------------------------------------------------------------------
+
+
+def cmd_chaos_run(args: argparse.Namespace) -> int:
+    from processor.chaos import run_command
+
+    _import_path()
+    return run_command(args.experiment, topology=args.topology, events=args.events, duration=args.duration,
+                       report=args.report, list_only=args.list)

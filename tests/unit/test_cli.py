@@ -12,7 +12,8 @@ from processor.cli import build_parser
 SUBCOMMANDS = [
     [], ["dev"], ["dev", "up"], ["dev", "down"], ["dev", "status"], ["dev", "env"], ["worker"],
     ["topics"], ["topics", "create"], ["demo"], ["monitor"], ["status"], ["slo"], ["slo", "rules"],
-    ["slo", "dashboard"], ["dlq"], ["dlq", "list"], ["dlq", "replay"], ["bench"],
+    ["slo", "dashboard"], ["dlq"], ["dlq", "list"], ["dlq", "replay"], ["bench"], ["chaos"],
+    ["chaos", "run"],
 ]
 
 

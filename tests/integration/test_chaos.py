@@ -1,0 +1,29 @@
+"""The bounded subset of the chaos experiments (``processor chaos run quick``): a downstream slower than the
+latency objective (which must page, then clear), a replica SIGKILLed mid-stream (no page), and poison messages.
+Each runs on a broker and Redis of its own (or the servers KAFKA_BOOTSTRAP_SERVERS/REDIS_URL name), bounds its
+own time and stops every process it started; `make chaos` runs the whole set.
+
+One test runs them one after another: they are timing-sensitive (latency SLOs, lag), so under ``pytest -n``
+they share one worker instead of competing with each other for the CPUs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from processor.chaos_experiments import by_name
+from processor.chaos_report import table, write_report
+from processor.chaos_run import RunOptions, run_experiment
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(sum(e.time_limit for e in by_name("quick")) + 60)
+def test_quick_chaos_experiments(tmp_path: Path) -> None:
+    outcomes = [run_experiment(e, RunOptions(report_dir=tmp_path, cwd=REPO)) for e in by_name("quick")]
+    report, _ = write_report(outcomes, tmp_path / "report.md", {"topology": "topologies.orders"})
+    failed = [f"{o.experiment}: {c.name}: {c.detail}" for o in outcomes for c in o.checks if not c.ok]
+    assert all(o.passed for o in outcomes), f"{table(outcomes)}\n" + "\n".join(failed) + f"\nreport: {report}"
+    assert sum(o.lost for o in outcomes) == 0
+    assert sum(o.duplicated_effects for o in outcomes) == 0
