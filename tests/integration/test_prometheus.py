@@ -18,7 +18,9 @@ from processor.servers import free_port
 from tests.conftest import Backend
 from tests.support import bed_worker, event, produce
 
-QUERY = 'histogram_quantile(0.99, sum by (le) (rate(processor_processing_seconds_bucket{handler="a"}[1m])))'
+# Over every observation of the run (it is shorter than both this range and the rolling window's minute), so
+# both numbers describe the same events and differ only by how each computes a quantile.
+QUERY = 'histogram_quantile(0.99, sum by (le) (increase(processor_processing_seconds_bucket{handler="a"}[5m])))'
 
 
 def bucket_index(seconds: float) -> int:
@@ -53,18 +55,28 @@ def test_promql_p99_matches_the_rolling_p99(backend: Backend, unique: str, tmp_p
     )
     stop = threading.Event()
 
+    sent = [0]
+
     def load() -> None:
         n = 0
         while not stop.is_set():
             produce(backend.bootstrap_servers, f"{unique}.in", [event(f"p{n + i}") for i in range(10)])
             n += 10
+            sent[0] = n
             time.sleep(0.1)
 
     feeder = threading.Thread(target=load, daemon=True)
     try:
         worker.wait_assigned(["a"])
         feeder.start()
-        time.sleep(20)  # twenty seconds of load behind both numbers
+        time.sleep(20)  # twenty seconds of load
+        stop.set()
+        feeder.join(10)
+        # Let the worker finish the backlog, its monitor (every 5 s) recompute the rolling p99, and Prometheus
+        # scrape the final counts.
+        worker.wait_for(lambda: worker.metrics().value("processor_events_total", handler="a", outcome="success")
+                        == sent[0], 60, "every produced event processed")
+        time.sleep(6)
         deadline = time.monotonic() + 30
         matched = None
         while matched is None and time.monotonic() < deadline:
