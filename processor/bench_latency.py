@@ -11,11 +11,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import Producer
 
 from processor.bench_launch import worker_launch
 from processor.bench_report import PIPELINE, LatencyResult, percentile
-from processor.bench_run import OutputReader, Run, VariantFailed, event_value, histogram_percentiles, stop
+from processor.bench_run import Deliveries, OutputReader, Run, VariantFailed, event_value, histogram_percentiles, stop
 from processor.errors import StackError
 from processor.kafka import client_config, ensure_topics
 from processor.scrape import scrape
@@ -77,14 +77,7 @@ def _produce_paced(
 ) -> tuple[list[int], float]:
     """Produce ``events`` at ``rate`` per second (reading outputs meanwhile); returns the input timestamps by
     event number and the rate achieved."""
-    timestamps = [0] * events
-    failures: list[str] = []
-
-    def delivered(err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            failures.append(err.str())
-        else:
-            timestamps[int(msg.key() or b"-1")] = msg.timestamp()[1]
+    delivered = Deliveries(events)
 
     # linger.ms 0: a record waits for no batch-mate, so the input timestamp is when it was meant to go.
     producer = Producer(client_config(run.settings, **{"enable.idempotence": True, "linger.ms": 0}))
@@ -99,6 +92,8 @@ def _produce_paced(
         producer.poll(0)
         reader.poll(0.002)
     achieved = events / max(time.monotonic() - started, 1e-3)
-    if producer.flush(30) or failures:
-        raise StackError(f"latency run: could not produce to {source}: {failures[:1] or 'flush timed out'}")
-    return timestamps, achieved
+    if producer.flush(30) or delivered.failures:
+        raise StackError(
+            f"latency run: could not produce to {source}: {delivered.failures[:1] or 'flush timed out'}"
+        )
+    return delivered.timestamps, achieved

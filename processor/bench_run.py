@@ -42,17 +42,23 @@ def event_value(run_id: str, n: int, payload_bytes: int) -> bytes:
     return orjson.dumps({**base, "payload": "x" * pad})
 
 
+class Deliveries:
+    """Delivery reports of records keyed by their event number: timestamps (ms) by number, and failures."""
+
+    def __init__(self, events: int) -> None:
+        self.timestamps = [0] * events
+        self.failures: list[str] = []
+
+    def __call__(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self.failures.append(err.str())
+        else:
+            self.timestamps[int(msg.key() or b"-1")] = msg.timestamp()[1]
+
+
 def fill(settings: Settings, topic: str, run_id: str, events: int, payload_bytes: int) -> list[int]:
     """Produce the run's events, keyed by their number; returns each one's record timestamp (ms) by number."""
-    timestamps = [0] * events
-    failures: list[str] = []
-
-    def delivered(err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            failures.append(err.str())
-        else:
-            timestamps[int(msg.key() or b"-1")] = msg.timestamp()[1]
-
+    delivered = Deliveries(events)
     producer = Producer(client_config(settings, **{"enable.idempotence": True, "linger.ms": 20}))
     for n in range(events):
         while True:
@@ -63,9 +69,9 @@ def fill(settings: Settings, topic: str, run_id: str, events: int, payload_bytes
             except BufferError:
                 producer.poll(0.05)
         producer.poll(0)
-    if producer.flush(60) or failures:
-        raise StackError(f"could not fill {topic}: {failures[:1] or 'flush timed out'}")
-    return timestamps
+    if producer.flush(60) or delivered.failures:
+        raise StackError(f"could not fill {topic}: {delivered.failures[:1] or 'flush timed out'}")
+    return delivered.timestamps
 
 
 class OutputReader:
