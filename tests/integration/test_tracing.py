@@ -36,6 +36,29 @@ class Sink:
         return [None] * len(records)
 
 
+def pipeline_of(topology: Topology, client: aioredis.Redis, tracing: Tracing, sink: Sink | None = None,
+                metrics: Metrics | None = None) -> Pipeline:
+    """The pipeline of the topology's only handler, on the real Redis ``client``."""
+    spec = topology.handlers[0]
+    group = topology.group(spec.name)
+    return Pipeline(
+        topology.name, spec, group=group, decoder=Decoder(None, "event_id", 10_000),
+        dedup=Dedup(client, group=group, owner="t", lease_seconds=5, ttl_seconds=60),
+        sink=sink or Sink(), metrics=metrics or Metrics(), tracing=tracing,
+    )
+
+
+def idle_topology(name: str) -> Topology:
+    """One handler that produces nothing."""
+    topology = Topology(name)
+
+    @topology.handler(source=f"{name}.in", outputs=())
+    async def work(event: dict[str, Any], ctx: Context) -> None:
+        return None
+
+    return topology
+
+
 def consumed(out: OutRecord, offset: int) -> InRecord:
     return InRecord(out.topic, 0, offset, 1_700_000_000_000, out.key, out.value, dict(out.headers))
 
@@ -58,11 +81,7 @@ async def test_fail_once_then_succeed_is_one_linked_trace(backend: Backend, uniq
     spec = topology.handlers[0]
     client = aioredis.Redis.from_url(backend.redis_url)
     sink = Sink()
-    pipeline = Pipeline(
-        unique, spec, group=topology.group(spec.name), decoder=Decoder(None, "event_id", 10_000),
-        dedup=Dedup(client, group=topology.group(spec.name), owner="t", lease_seconds=5, ttl_seconds=60),
-        sink=sink, metrics=Metrics(), tracing=tracing,
-    )
+    pipeline = pipeline_of(topology, client, tracing, sink=sink)
     # "Another client" produced the event inside its own trace.
     with provider.get_tracer("producer-app").start_as_current_span(f"send {unique}.in", kind=SpanKind.PRODUCER) as p:
         producer_ctx = p.get_span_context()
@@ -124,19 +143,9 @@ async def test_duplicates_are_traced_as_skips(backend: Backend, unique: str) -> 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    topology = Topology(unique)
-
-    @topology.handler(source=f"{unique}.in", outputs=())
-    async def work(event: dict[str, Any], ctx: Context) -> None:
-        return None
-
-    spec = topology.handlers[0]
+    topology = idle_topology(unique)
     client = aioredis.Redis.from_url(backend.redis_url)
-    pipeline = Pipeline(
-        unique, spec, group=topology.group(spec.name), decoder=Decoder(None, "event_id", 10_000),
-        dedup=Dedup(client, group=topology.group(spec.name), owner="t", lease_seconds=5, ttl_seconds=60),
-        sink=Sink(), metrics=Metrics(), tracing=Tracing(provider),
-    )
+    pipeline = pipeline_of(topology, client, Tracing(provider))
     record = InRecord(f"{unique}.in", 0, 1, 1_700_000_000_000, None, orjson.dumps({"event_id": "d1"}), {})
     await pipeline.run([record])
     await pipeline.run([record])
@@ -150,20 +159,10 @@ async def test_processing_histogram_carries_trace_id_exemplars(backend: Backend,
     from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
 
     provider = TracerProvider()
-    topology = Topology(unique)
-
-    @topology.handler(source=f"{unique}.in", outputs=())
-    async def work(event: dict[str, Any], ctx: Context) -> None:
-        return None
-
-    spec = topology.handlers[0]
+    topology = idle_topology(unique)
     client = aioredis.Redis.from_url(backend.redis_url)
     metrics = Metrics()
-    pipeline = Pipeline(
-        unique, spec, group=topology.group(spec.name), decoder=Decoder(None, "event_id", 10_000),
-        dedup=Dedup(client, group=topology.group(spec.name), owner="t", lease_seconds=5, ttl_seconds=60),
-        sink=Sink(), metrics=metrics, tracing=Tracing(provider),
-    )
+    pipeline = pipeline_of(topology, client, Tracing(provider), metrics=metrics)
     await pipeline.run([InRecord(f"{unique}.in", 0, 1, 1_700_000_000_000, None, orjson.dumps({"event_id": "x"}), {})])
     await client.aclose()
     text = openmetrics(metrics.registry).decode()
