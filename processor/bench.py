@@ -56,13 +56,17 @@ NOTES = (
     "VmHWM. CPU s/1k: its utime+stime over the same span.",
 )
 
-# Measured on Tansu with a plain consumer: a Fetch that finds no records is answered after half its max wait
-# even when records arrive meanwhile (as it holds JoinGroup for half the session timeout, see README).
-TANSU_LATENCY_NOTE = (
-    "latency mode on the embedded broker: Tansu answers a Fetch that found no records only after half its max "
-    "wait, even if records arrive meanwhile, and Faust hard-codes aiokafka's fetch_max_wait_ms=1500: at a steady "
-    "rate most of this e2e is 750 ms fetch waits, which real Kafka (answering as soon as records arrive) does not add."
-)
+
+
+def tansu_latency_note(fetch_max_wait_ms: int) -> str:
+    """Measured on Tansu with a plain consumer: a Fetch that finds no records is answered after half its max
+    wait even when records arrive meanwhile (as it holds JoinGroup for half the session timeout, see README)."""
+    return (
+        "paced runs on the embedded broker: Tansu answers a Fetch that found no records only after half its max "
+        f"wait, even if records arrive meanwhile; with the worker's KAFKA_FETCH_MAX_WAIT_MS={fetch_max_wait_ms} "
+        f"that adds up to {fetch_max_wait_ms / 2:g} ms to an event's e2e, which real Kafka (answering as soon as "
+        "records arrive) does not."
+    )
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,9 @@ class BenchOptions:
     json_path: Path | None = None
     latency: bool = False
     state_dir: Path = Path(".processor")
+    only: frozenset[str] | None = None  # variant keys to run; None: all of them
+    soak_seconds: float = 0.0  # 0: no soak
+    soak_rate: float = 2000.0
 
     @property
     def timeout_seconds(self) -> float:
@@ -124,39 +131,68 @@ def run_bench(settings: Settings, options: BenchOptions, backend: str = "externa
               partitions=options.partitions, input_timestamps=timestamps, timeout_seconds=options.timeout_seconds)
     rows: list[br.Row] = []
     for key, label in VARIANTS:
+        if options.only is not None and key not in options.only:
+            rows.append(br.Row(key, label, status=br.SKIPPED, note="not selected (--only)"))
+            continue
         if key == br.QUIX and importlib.util.find_spec("quixstreams") is None:
             rows.append(br.Row(key, label, status=br.SKIPPED, note="quixstreams is not installed (the bench "
                                "does not install it)"))
             continue
         progress(f"bench {run_id}: running ({key}) {label}")
         rows.append(measure(run, launch_for(key, label, run, log_dir)))
-    latency = None
     notes = list(NOTES)
+    latency = retry_path = soak = None
     if options.latency:
-        from processor.bench_latency import run_latency
+        from processor.bench_latency import run_latency, run_retry_path
 
         pipeline = next(r for r in rows if r.key == br.PIPELINE)
         if not pipeline.events_per_s:
             notes.append("latency mode not run: (c) has no measured maximum")
         else:
-            progress(f"bench {run_id}: latency mode at {pipeline.events_per_s / 2:.0f} events/s")
+            rate = pipeline.events_per_s / 2
+            progress(f"bench {run_id}: latency run at {rate:.0f} events/s")
             try:
-                latency = run_latency(run, log_dir, rate=pipeline.events_per_s / 2,
-                                      payload_bytes=options.payload_bytes)
+                latency = run_latency(run, log_dir, rate=rate, payload_bytes=options.payload_bytes)
             except VariantFailed as exc:
-                notes.append(f"latency mode FAILED: {exc}")
+                notes.append(f"latency run FAILED: {exc}")
+            # Each event is handled twice (the failing attempt, then the retry): half the rate, the same load.
+            progress(f"bench {run_id}: retry-path run at {rate / 2:.0f} events/s")
+            try:
+                retry_path = run_retry_path(run, log_dir, rate=rate / 2, payload_bytes=options.payload_bytes)
+            except VariantFailed as exc:
+                notes.append(f"retry-path run FAILED: {exc}")
+    if options.soak_seconds:
+        from processor.bench_soak import run_soak
+
+        progress(f"bench {run_id}: soak at {options.soak_rate:.0f} events/s for {options.soak_seconds:.0f}s")
+        try:
+            soak = run_soak(run, log_dir, seconds=options.soak_seconds, rate=options.soak_rate,
+                            payload_bytes=options.payload_bytes)
+        except VariantFailed as exc:
+            notes.append(f"soak FAILED: {exc}")
     return br.Report(
         events=options.events, partitions=options.partitions, payload_bytes=options.payload_bytes,
-        backend=backend, run_id=run_id, rows=tuple(rows), latency=latency, notes=tuple(notes),
+        backend=backend, run_id=run_id, rows=tuple(rows), latency=latency, retry_path=retry_path, soak=soak,
+        notes=tuple(notes),
     )
 
 
-def complete(report: br.Report) -> bool:
-    """True when every variant that ran processed each event exactly once."""
+def complete(report: br.Report, options: BenchOptions) -> bool:
+    """True when every variant that ran processed each event exactly once, and so did every paced run that
+    was asked for (the retry path never before an event's due time)."""
+    paced: list[br.LatencyResult | br.RetryPathResult | br.SoakResult | None] = []
+    if options.latency:
+        paced += [report.latency, report.retry_path]
+    if options.soak_seconds:
+        paced.append(report.soak)
     return all(
         r.status == br.SKIPPED or (r.status == br.OK and r.events == r.distinct == report.events)
         for r in report.rows
-    )
+    ) and all(
+        # The paced runs wait for at least one output per input, so "as many outputs as distinct events"
+        # is "each event once".
+        p is not None and p.events == p.distinct for p in paced
+    ) and (report.retry_path is None or report.retry_path.early == 0)
 
 
 def describe_backend(settings: Settings, embedded: Sequence[str]) -> str:
@@ -182,9 +218,10 @@ def bench_command(options: BenchOptions, environ: Mapping[str, str] | None = Non
             embedded = {"KAFKA_BOOTSTRAP_SERVERS": kafka.address, "REDIS_URL": f"redis://{redis_server.address}/0"}
             settings = Settings.load(env, overrides={name: embedded[name] for name in missing})
             report = run_bench(settings, options, describe_backend(settings, missing), progress)
-            if report.latency is not None and "KAFKA_BOOTSTRAP_SERVERS" in missing:
-                report = dataclasses.replace(report, notes=(*report.notes, TANSU_LATENCY_NOTE))
+            if (options.latency or options.soak_seconds) and "KAFKA_BOOTSTRAP_SERVERS" in missing:
+                note = tansu_latency_note(settings.kafka_fetch_max_wait_ms)
+                report = dataclasses.replace(report, notes=(*report.notes, note))
     print(br.render_table(report))
     if options.json_path is not None:
         options.json_path.write_bytes(orjson.dumps(report.as_json(), option=orjson.OPT_INDENT_2) + b"\n")
-    return 0 if complete(report) else 1
+    return 0 if complete(report, options) else 1

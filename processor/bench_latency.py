@@ -1,84 +1,147 @@
-"""`processor bench --latency`: the pipeline (c) fed at a fixed rate, half its measured maximum.
+"""`processor bench --latency`: the pipeline (c) fed at a fixed rate, and its retry path.
 
 In the throughput runs every input was written before the variant started, so their end-to-end times
-measure a backlog draining. Here a fresh source is produced to at a steady rate while the worker runs,
-so output timestamp minus input timestamp is the latency an event sees under a sustainable load.
+measure a backlog draining. Here a fresh source is produced to at a steady rate while the worker runs:
+
+- the latency run, at half of (c)'s measured maximum: output timestamp minus input timestamp is the
+  latency an event sees under a sustainable load;
+- the retry-path run, at half that rate (each event is handled twice): every first attempt fails, so every
+  event waits out the retry tier's delay; the handler reports the tier's due time and when it started,
+  so the run counts events started before they were due (there must be none) and how late after the due
+  time the rest started.
 """
 
 from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 from confluent_kafka import Producer
 
 from processor.bench_launch import worker_launch
-from processor.bench_report import PIPELINE, LatencyResult, percentile
-from processor.bench_run import Deliveries, OutputReader, Run, VariantFailed, event_value, histogram_percentiles, stop
+from processor.bench_report import PIPELINE, LatencyResult, RetryPathResult, percentile
+from processor.bench_run import (
+    Deliveries,
+    Launch,
+    OutputReader,
+    Run,
+    VariantFailed,
+    event_value,
+    histogram_percentiles,
+    stop,
+)
+from processor.bench_topology import RETRY_DELAY
 from processor.errors import StackError
 from processor.kafka import client_config, ensure_topics
+from processor.retry import parse_duration
 from processor.scrape import scrape
 
 MAX_SECONDS = 20.0  # produce for at most this long: enough samples for a p99, and a bounded run
 READY_SECONDS = 90.0
 
 
-def run_latency(run: Run, log_dir: Path, *, rate: float, payload_bytes: int) -> LatencyResult:
-    """Start a worker on a fresh source, wait for its partitions, produce at ``rate`` and measure."""
-    events = max(1, min(run.events, int(rate * MAX_SECONDS)))
-    source = f"{run.run_id}.lat.in"
+@dataclass
+class PacedWorker:
+    """A worker on a fresh source, its output reader, and its process."""
+
+    launch: Launch
+    proc: subprocess.Popen[bytes]
+    reader: OutputReader
+    source: str
+
+    def wait_outputs(self, events: int, timeout_seconds: float) -> None:
+        deadline = time.monotonic() + timeout_seconds
+        while self.reader.count < events:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise VariantFailed(f"{self.launch.label}: {self.reader.count} of {events} outputs; "
+                                    f"see {self.launch.log}")
+            self.reader.poll(0.1)
+
+
+@contextmanager
+def paced_worker(
+    run: Run, log_dir: Path, key: str, label: str, *, extra_env: Mapping[str, str] | None = None,
+    keep_values: bool = False, keep_every: int = 1,
+) -> Iterator[PacedWorker]:
+    """Start ``processor worker processor.bench_topology`` on a fresh source and wait for its partitions."""
+    source = f"{run.run_id}.{key}.in"
     ensure_topics(run.settings, [source], run.partitions, run.settings.topic_replication_factor)
-    launch = worker_launch(f"{PIPELINE}-lat", "processor pipeline at a fixed rate", run, log_dir, source=source)
+    launch = worker_launch(key, label, run, log_dir, source=source, extra_env=extra_env)
     assert launch.output is not None
     assert launch.metrics_url is not None
     ensure_topics(run.settings, [launch.output], run.partitions, run.settings.topic_replication_factor)
     with launch.log.open("wb") as log:
         proc = subprocess.Popen(list(launch.argv), env=dict(launch.env), stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=log)
-    reader = OutputReader(run.settings, launch.output, run.partitions)
+    reader = OutputReader(run.settings, launch.output, run.partitions, keep_values=keep_values,
+                          keep_every=keep_every)
     try:
         _wait_assigned(launch.metrics_url, run.partitions, proc)
-        inputs, achieved = _produce_paced(run, source, events, rate, payload_bytes, reader)
-        deadline = time.monotonic() + run.timeout_seconds
-        while reader.count < events:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise VariantFailed(f"latency run: {reader.count} of {events} outputs; see {launch.log}")
-            reader.poll(0.1)
-        p50, p99 = histogram_percentiles(launch, events)
-        e2e = [ts - inputs[n] for n, ts in reader.records if 0 <= n < events]
-        return LatencyResult(
-            target_rate=rate, achieved_rate=achieved, events=reader.count,
-            distinct=len({n for n, _ in reader.records if n >= 0}),
-            e2e_p50_ms=percentile(e2e, 0.5), e2e_p99_ms=percentile(e2e, 0.99),
-            processing_p50_ms=p50, processing_p99_ms=p99,
-        )
+        yield PacedWorker(launch, proc, reader, source)
     finally:
         stop(proc)
         reader.close()
+
+
+def run_latency(run: Run, log_dir: Path, *, rate: float, payload_bytes: int) -> LatencyResult:
+    """Produce at ``rate`` to a fresh worker and measure each event's output minus input timestamp."""
+    events = max(1, min(run.events, int(rate * MAX_SECONDS)))
+    with paced_worker(run, log_dir, f"{PIPELINE}-lat", "processor pipeline at a fixed rate") as worker:
+        inputs, achieved = produce_paced(run, worker.source, events, rate, payload_bytes, worker.reader.poll)
+        worker.wait_outputs(events, run.timeout_seconds)
+        p50, p99 = histogram_percentiles(worker.launch, events)
+        e2e = [ts - inputs[n] for n, ts in worker.reader.records if 0 <= n < events]
+        return LatencyResult(
+            target_rate=rate, achieved_rate=achieved, events=worker.reader.count,
+            distinct=len(worker.reader.numbers), e2e_p50_ms=percentile(e2e, 0.5), e2e_p99_ms=percentile(e2e, 0.99),
+            processing_p50_ms=p50, processing_p99_ms=p99,
+        )
+
+
+def run_retry_path(run: Run, log_dir: Path, *, rate: float, payload_bytes: int) -> RetryPathResult:
+    """Every first attempt fails: measure when each event's second attempt started against its due time."""
+    events = max(1, min(run.events, int(rate * MAX_SECONDS)))
+    with paced_worker(run, log_dir, f"{PIPELINE}-retry", "processor retry path at a fixed rate",
+                      extra_env={"PROCESSOR_BENCH_FAIL_FIRST": "1"}, keep_values=True) as worker:
+        _, achieved = produce_paced(run, worker.source, events, rate, payload_bytes, worker.reader.poll)
+        worker.wait_outputs(events, run.timeout_seconds + parse_duration(RETRY_DELAY))
+        lateness = []
+        for value in worker.reader.values:
+            document = orjson.loads(value)
+            lateness.append(float(document["started_ms"] - document["due_ms"]))
+        return RetryPathResult(
+            target_rate=rate, achieved_rate=achieved, events=worker.reader.count,
+            distinct=len(worker.reader.numbers), delay_seconds=parse_duration(RETRY_DELAY),
+            early=sum(1 for late in lateness if late < 0), lateness_p50_ms=percentile(lateness, 0.5),
+            lateness_p99_ms=percentile(lateness, 0.99), lateness_max_ms=max(lateness, default=None),
+        )
 
 
 def _wait_assigned(url: str, partitions: int, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + READY_SECONDS
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise VariantFailed(f"latency worker exited with status {proc.returncode}")
+            raise VariantFailed(f"paced worker exited with status {proc.returncode}")
         try:
             if scrape(url).value("processor_assigned_partitions") >= partitions:
                 return
         except OSError:
             pass
         time.sleep(0.2)
-    raise VariantFailed(f"latency worker had no partitions after {READY_SECONDS:.0f}s")
+    raise VariantFailed(f"paced worker had no partitions after {READY_SECONDS:.0f}s")
 
 
-def _produce_paced(
-    run: Run, source: str, events: int, rate: float, payload_bytes: int, reader: OutputReader
+def produce_paced(
+    run: Run, source: str, events: int, rate: float, payload_bytes: int, between: Callable[[float], None]
 ) -> tuple[list[int], float]:
-    """Produce ``events`` at ``rate`` per second (reading outputs meanwhile); returns the input timestamps by
-    event number and the rate achieved."""
+    """Produce ``events`` at ``rate`` per second, calling ``between(seconds)`` in the gaps (it may block that
+    long: reading outputs, sampling); returns the input timestamps by event number and the rate achieved."""
     delivered = Deliveries(events)
-
     # linger.ms 0: a record waits for no batch-mate, so the input timestamp is when it was meant to go.
     producer = Producer(client_config(run.settings, **{"enable.idempotence": True, "linger.ms": 0}))
     started = time.monotonic()
@@ -86,14 +149,15 @@ def _produce_paced(
     while sent < events:
         due = min(events, int((time.monotonic() - started) * rate) + 1)
         while sent < due:
-            producer.produce(source, value=event_value(f"{run.run_id}-lat", sent, payload_bytes),
-                             key=str(sent).encode(), on_delivery=delivered)
+            try:
+                producer.produce(source, value=event_value(f"{run.run_id}-{source}", sent, payload_bytes),
+                                 key=str(sent).encode(), on_delivery=delivered)
+            except BufferError:
+                break  # the local queue is full: poll, and produce the rest on the next turn
             sent += 1
         producer.poll(0)
-        reader.poll(0.002)
+        between(0.002)
     achieved = events / max(time.monotonic() - started, 1e-3)
     if producer.flush(30) or delivered.failures:
-        raise StackError(
-            f"latency run: could not produce to {source}: {delivered.failures[:1] or 'flush timed out'}"
-        )
+        raise StackError(f"paced run: could not produce to {source}: {delivered.failures[:1] or 'flush timed out'}")
     return delivered.timestamps, achieved

@@ -24,12 +24,12 @@ def parse_cpu_ticks(stat: str) -> int:
     return int(fields[11]) + int(fields[12])
 
 
-def parse_peak_rss_kb(status: str) -> int:
-    """VmHWM (the peak resident set size) from ``/proc/<pid>/status``, in kB."""
+def parse_status_kb(status: str, name: str) -> int:
+    """A kB line of ``/proc/<pid>/status``: VmHWM is the peak resident set size, VmRSS the current one."""
     for line in status.splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{name}:"):
             return int(line.split()[1])
-    raise ValueError("no VmHWM line in the status text")
+    raise ValueError(f"no {name} line in the status text")
 
 
 def cpu_ticks(pid: int | str = "self") -> int:
@@ -38,7 +38,11 @@ def cpu_ticks(pid: int | str = "self") -> int:
 
 
 def peak_rss_kb(pid: int | str = "self") -> int:
-    return parse_peak_rss_kb(Path(f"/proc/{pid}/status").read_text())
+    return parse_status_kb(Path(f"/proc/{pid}/status").read_text(), "VmHWM")
+
+
+def rss_kb(pid: int | str = "self") -> int:
+    return parse_status_kb(Path(f"/proc/{pid}/status").read_text(), "VmRSS")
 
 
 def write_json(path: Path, document: dict[str, Any]) -> None:

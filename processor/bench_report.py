@@ -104,6 +104,39 @@ class LatencyResult:
 
 
 @dataclass(frozen=True)
+class RetryPathResult:
+    """``--latency``, retry path: every first attempt fails; when did the second start against its due time."""
+
+    target_rate: float
+    achieved_rate: float
+    events: int
+    distinct: int
+    delay_seconds: float
+    early: int  # events whose retry started before its due time: must be 0
+    lateness_p50_ms: float | None
+    lateness_p99_ms: float | None
+    lateness_max_ms: float | None
+
+
+@dataclass(frozen=True)
+class SoakResult:
+    """``--soak``: a long run at a fixed rate with the worker's RSS sampled (MB), and its fitted slope."""
+
+    seconds: float
+    target_rate: float
+    achieved_rate: float
+    events: int
+    distinct: int
+    rss_first_mb: float
+    rss_fit_start_mb: float | None
+    rss_last_mb: float
+    rss_slope_mb_per_hour: float | None
+    e2e_p50_ms: float | None
+    e2e_p99_ms: float | None
+    rss_samples: tuple[tuple[float, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class Report:
     """A whole bench run."""
 
@@ -114,6 +147,8 @@ class Report:
     run_id: str
     rows: tuple[Row, ...]
     latency: LatencyResult | None = None
+    retry_path: RetryPathResult | None = None
+    soak: SoakResult | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def row(self, key: str) -> Row | None:
@@ -147,6 +182,8 @@ class Report:
             "ratios": self.ratios(),
             "targets": self.targets(),
             "latency": asdict(self.latency) if self.latency is not None else None,
+            "retry_path": asdict(self.retry_path) if self.retry_path is not None else None,
+            "soak": asdict(self.soak) if self.soak is not None else None,
             "notes": list(self.notes),
         }
 
@@ -190,6 +227,23 @@ def render_table(report: Report) -> str:
             f"e2e p50 {_ms(lat.e2e_p50_ms)}, p99 {_ms(lat.e2e_p99_ms)}; "
             f"processing p50 {_ms(lat.processing_p50_ms)}, p99 {_ms(lat.processing_p99_ms)}"
         )
+    if report.retry_path is not None:
+        retry = report.retry_path
+        lines.append(
+            f"retry path (c at {retry.target_rate:.0f}/s, every first attempt fails, tier delay "
+            f"{retry.delay_seconds:g}s, {retry.events} events): started before due {retry.early}; lateness "
+            f"after due p50 {_ms(retry.lateness_p50_ms)}, p99 {_ms(retry.lateness_p99_ms)}, "
+            f"max {_ms(retry.lateness_max_ms)}"
+        )
+    if report.soak is not None:
+        soak = report.soak
+        slope = "-" if soak.rss_slope_mb_per_hour is None else f"{soak.rss_slope_mb_per_hour:+.1f} MB/h"
+        lines.append(
+            f"soak (c at {soak.target_rate:.0f}/s for {soak.seconds:.0f}s, achieved {soak.achieved_rate:.0f}/s, "
+            f"{soak.events} outputs of {soak.distinct} distinct events): RSS {soak.rss_first_mb:.1f} MB at start, "
+            f"{_mb(soak.rss_fit_start_mb)} after warm-up, {soak.rss_last_mb:.1f} MB at the end; slope after "
+            f"warm-up {slope}; e2e p50 {_ms(soak.e2e_p50_ms)}, p99 {_ms(soak.e2e_p99_ms)}"
+        )
     notes = [f"({row.key}) {row.note}" for row in report.rows if row.status == OK and row.note]
     for note in (*notes, *report.notes):
         lines.extend(textwrap.wrap(note, width=len(_HEADER), subsequent_indent="  "))
@@ -198,6 +252,10 @@ def render_table(report: Report) -> str:
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} ms"
+
+
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} MB"
 
 
 def _verdict(target: Mapping[str, float | bool | None]) -> str:

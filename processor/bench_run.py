@@ -75,24 +75,28 @@ def fill(settings: Settings, topic: str, run_id: str, events: int, payload_bytes
 
 
 class OutputReader:
-    """Reads a topic from the beginning, keeping each record's key number and timestamp."""
+    """Reads a topic from the beginning: counts every record and the distinct key numbers, and keeps the
+    key number and timestamp (and with ``keep_values`` the value) of every ``keep_every``-th record."""
 
-    def __init__(self, settings: Settings, topic: str, partitions: int) -> None:
+    def __init__(
+        self, settings: Settings, topic: str, partitions: int, *, keep_values: bool = False, keep_every: int = 1
+    ) -> None:
         # A short fetch wait: the time a record is seen is the end of a variant's run (see ``seen_ms``).
         self._consumer = Consumer(client_config(settings, **{
             "group.id": f"{topic}.reader", "enable.auto.commit": False, "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": 5,
         }))
         self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+        self._keep_values = keep_values
+        self._keep_every = keep_every
+        self.count = 0
+        self.numbers: set[int] = set()  # distinct key numbers seen
         self.records: list[tuple[int, int]] = []  # (event number, output timestamp ms); -1: a foreign key
-        # When each record was seen here, in order: the broker has it and consumers can read it. Producers
-        # set the record timestamps (the embedded broker ignores LogAppendTime), at produce() rather than
-        # when the broker has the record, so the seen time is what ends a run.
+        self.values: list[bytes] = []  # with keep_values, in the order of ``records``
+        # When each kept record was seen here: the broker has it and consumers can read it. Producers set
+        # the record timestamps (the embedded broker ignores LogAppendTime), at produce() rather than when
+        # the broker has the record, so the seen time is what ends a run.
         self.seen_ms: list[float] = []
-
-    @property
-    def count(self) -> int:
-        return len(self.records)
 
     def poll(self, timeout_seconds: float) -> None:
         messages = self._consumer.consume(num_messages=1000, timeout=timeout_seconds)
@@ -104,8 +108,15 @@ class OutputReader:
                 n = int(msg.key() or b"-1")
             except ValueError:
                 n = -1  # not one of ours: counted, never distinct
+            if n >= 0:
+                self.numbers.add(n)
+            self.count += 1
+            if self.count % self._keep_every:
+                continue
             self.records.append((n, msg.timestamp()[1]))
             self.seen_ms.append(now_ms)
+            if self._keep_values:
+                self.values.append(msg.value() or b"")
 
     def close(self) -> None:
         self._consumer.close()

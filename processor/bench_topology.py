@@ -9,15 +9,20 @@ bench runs (and the runs of one bench) never share topics, consumer groups or de
 - ``PROCESSOR_BENCH_OUTPUT``: output topic, default ``<name>.out``
 - ``PROCESSOR_BENCH_PARTITIONS``: partitions of the topics the worker creates (retry tier, DLQ)
 - ``PROCESSOR_BENCH_MARK_FILE``: where the first handler call records its wall clock and CPU ticks
+- ``PROCESSOR_BENCH_FAIL_FIRST=1``: every event's first attempt fails (retryable), so every event takes the
+  retry tier; the second attempt's output adds ``due_ms`` (the tier's due time) and ``started_ms`` (when
+  the handler started), which the bench's retry-path run compares
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from processor.bench_proc import write_mark
+from processor.headers import due_at_ms
 from processor.retry import Retry
 from processor.topology import Context, Output, Topology
 
@@ -26,6 +31,8 @@ SOURCE = os.environ.get("PROCESSOR_BENCH_SOURCE", f"{NAME}.in")
 OUTPUT = os.environ.get("PROCESSOR_BENCH_OUTPUT", f"{NAME}.out")
 PARTITIONS = os.environ.get("PROCESSOR_BENCH_PARTITIONS")
 MARK_FILE = os.environ.get("PROCESSOR_BENCH_MARK_FILE")
+FAIL_FIRST = os.environ.get("PROCESSOR_BENCH_FAIL_FIRST") == "1"
+RETRY_DELAY = "1s"
 
 topology = Topology(
     NAME,
@@ -36,8 +43,12 @@ topology = Topology(
 _marked = False
 
 
-# One retry tier: the pipeline's retry topic is consumed as in any real topology, though nothing fails here.
-@topology.handler(source=SOURCE, schema="bench_event", retry=Retry(delays=("1s",)), outputs=(OUTPUT,))
+class FirstAttemptFails(Exception):
+    """Raised by every first attempt under ``PROCESSOR_BENCH_FAIL_FIRST=1`` (retryable)."""
+
+
+# One retry tier: its topic is consumed as in any real topology, though nothing fails unless FAIL_FIRST.
+@topology.handler(source=SOURCE, schema="bench_event", retry=Retry(delays=(RETRY_DELAY,)), outputs=(OUTPUT,))
 async def passthrough(event: dict[str, Any], ctx: Context) -> list[Output]:
     """Return the event unchanged, to the output topic, keyed like its input."""
     global _marked
@@ -46,4 +57,8 @@ async def passthrough(event: dict[str, Any], ctx: Context) -> list[Output]:
         # come before it); a blocking write once per process is harmless.
         write_mark(Path(MARK_FILE))
         _marked = True
+    if FAIL_FIRST:
+        if ctx.attempt == 1:
+            raise FirstAttemptFails("the bench's retry-path run fails every first attempt")
+        return [Output(OUTPUT, {**event, "due_ms": due_at_ms(ctx.headers), "started_ms": int(time.time() * 1000)})]
     return [Output(OUTPUT, event)]

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from processor.bench_report import ORDER as BENCH_VARIANTS
 from processor.commands import (
     CONNECTION_FLAGS,
     cmd_bench,
@@ -30,6 +31,7 @@ from processor.commands import (
     cmd_worker,
 )
 from processor.errors import ConfigError, ProcessorError
+from processor.retry import parse_duration
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -52,6 +54,14 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _variants(text: str) -> frozenset[str]:
+    keys = frozenset(k.strip() for k in text.split(",") if k.strip())
+    unknown = sorted(keys - set(BENCH_VARIANTS))
+    if not keys or unknown:
+        raise argparse.ArgumentTypeError(f"{text!r}: choose from {','.join(BENCH_VARIANTS)}")
+    return keys
+
+
 def _non_negative(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
@@ -66,6 +76,13 @@ def _seconds(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
     return value
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text if not text.replace(".", "", 1).isdigit() else f"{text}s")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _rate(text: str) -> float:
@@ -251,8 +268,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--partitions", type=_positive, default=3, help="partitions of every bench topic (default 3)")
     bench.add_argument("--payload-bytes", type=_positive, default=200, help="bytes of each event's JSON (default 200)")
     bench.add_argument("--json", type=Path, metavar="FILE", help="also write the results to FILE as JSON")
+    bench.add_argument("--only", type=_variants, metavar="KEYS",
+                       help="run only these variants, comma-separated (a,b0,b,c,d,e); the rest are reported skipped")
     bench.add_argument("--latency", action="store_true",
-                       help="also run (c) at 50%% of its measured maximum rate and report its end-to-end p50/p99")
+                       help="also run (c) at 50%% of its measured maximum rate and report its end-to-end p50/p99, "
+                       "and its retry path at 25%% (every first attempt fails): events started before their due "
+                       "time, and the lateness after it")
+    bench.add_argument("--soak", type=_duration, default=0.0, metavar="DURATION",
+                       help="also run (c) at --soak-rate for DURATION (e.g. 10m) and report its RSS slope")
+    bench.add_argument("--soak-rate", type=_positive, default=2000,
+                       help="events/s of the soak (default 2000: the embedded broker keeps every record in memory)")
     bench.add_argument("--state-dir", type=Path, default=Path(".processor"),
                        help="where logs and the embedded servers' files go (default: .processor)")
     bench.set_defaults(func=cmd_bench)

@@ -277,7 +277,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     return bench_command(BenchOptions(
         events=args.events, partitions=args.partitions, payload_bytes=args.payload_bytes, json_path=args.json,
-        latency=args.latency, state_dir=args.state_dir,
+        latency=args.latency, state_dir=args.state_dir, only=args.only, soak_seconds=args.soak,
+        soak_rate=float(args.soak_rate),
     ))
 
 

@@ -139,6 +139,9 @@ class Settings:
     log_level: LogLevel = _setting("PROCESSOR_LOG_LEVEL", _choice(get_args(LogLevel), upper=True), "INFO")
     topic_partitions: int = _setting("PROCESSOR_TOPIC_PARTITIONS", _positive_int, 3)
     topic_replication_factor: int = _setting("PROCESSOR_TOPIC_REPLICATION_FACTOR", _positive_int, 1)
+    # Real Kafka answers a waiting fetch when records arrive, so this only bounds an idle consumer's requests
+    # (10/s at 100); the embedded broker holds an empty fetch for half of it (see processor.consumer).
+    kafka_fetch_max_wait_ms: int = _setting("KAFKA_FETCH_MAX_WAIT_MS", _positive_int, 100)
     kafka_security_protocol: SecurityProtocol = _setting(
         "KAFKA_SECURITY_PROTOCOL", _choice(get_args(SecurityProtocol), upper=True), "PLAINTEXT"
     )

@@ -8,9 +8,11 @@ batch, so a batch's offsets are acknowledged only after every record it produced
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import logging
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -53,25 +55,24 @@ def client_config(settings: Settings, **extra: Any) -> dict[str, Any]:
 
 
 class _Batch:
-    __slots__ = ("errors", "future", "lock", "loop", "remaining")
+    __slots__ = ("errors", "future", "loop", "reports", "size")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
         self.loop = loop
-        self.lock = threading.Lock()  # reports come from the poll thread, refusals at produce() from the loop
-        self.remaining = size
+        self.size = size
+        # Reports come from the poll thread, refusals at produce() from the loop: ``next`` on a count is
+        # atomic under the GIL, so exactly one report sees itself as the last, without a lock per record.
+        self.reports = itertools.count(1)
         self.errors: list[DeliveryError | None] = [None] * size
         self.future: asyncio.Future[list[DeliveryError | None]] = loop.create_future()
 
-    def done(self, index: int, err: KafkaError | None) -> None:
-        # Runs on the poll thread: only the last report of a batch crosses to the event loop.
+    def done(self, index: int, err: KafkaError | None, _msg: object = None) -> None:
         if err is not None:
             self.errors[index] = DeliveryError(
                 err.str(), err.retriable(), err.code() == KafkaError.MSG_SIZE_TOO_LARGE
             )
-        with self.lock:
-            self.remaining -= 1
-            last = self.remaining == 0
-        if last:
+        if next(self.reports) == self.size:
+            # Only the last report of a batch crosses to the event loop.
             self.loop.call_soon_threadsafe(self._resolve)
 
     def _resolve(self) -> None:
@@ -102,25 +103,22 @@ class DeliveringProducer:
         if not records:
             return []
         batch = _Batch(asyncio.get_running_loop(), len(records))
+        produce = self._producer.produce
         for index, record in enumerate(records):
-            await self._produce(record, lambda err, _msg, i=index: batch.done(i, err))
+            on_delivery = functools.partial(batch.done, index)
+            while True:
+                try:
+                    produce(record.topic, value=record.value, key=record.key, headers=cast(Any, record.headers),
+                            on_delivery=on_delivery)
+                    break
+                except BufferError:
+                    # The local queue is full: let the poll thread drain delivery reports.
+                    await asyncio.sleep(0.01)
+                except KafkaException as exc:
+                    # Refused before it left (too large, unknown topic...): reported like a broker refusal.
+                    on_delivery(exc.args[0])
+                    break
         return await batch.future
-
-    async def _produce(self, record: OutRecord, on_delivery: Callable[..., None]) -> None:
-        while True:
-            try:
-                self._producer.produce(
-                    record.topic, value=record.value, key=record.key, headers=cast(Any, record.headers),
-                    on_delivery=on_delivery,
-                )
-                return
-            except BufferError:
-                # The local queue is full: let the poll thread drain delivery reports.
-                await asyncio.sleep(0.01)
-            except KafkaException as exc:
-                # Refused before it left (too large, unknown topic...): reported like a broker refusal.
-                on_delivery(exc.args[0], None)
-                return
 
     def close(self, timeout_seconds: float = 30.0) -> None:
         """Deliver what is queued (up to the timeout), then stop the poll thread."""

@@ -71,7 +71,7 @@ class RollingQuantile:
         if len(values) < self._cap:
             values.append(value)
         else:
-            slot = self._rng.randrange(seen[0])
+            slot = int(self._rng.random() * seen[0])
             if slot < self._cap:
                 values[slot] = value
 

@@ -1,10 +1,17 @@
 """Per-partition queues: one batch in flight per partition, in offset order, acked only when done.
 
-The consumer hands every record to ``put``; a task per partition takes the due records at the head of
-its queue as one batch, runs it, and only then acks them. A record that is not due yet (a retry tier's)
+The consumer hands every fetched batch to ``put``; a task per partition takes the due records at the head
+of its queue as one batch, runs it, and only then acks them. A record that is not due yet (a retry tier's)
 holds its partition: the partition is paused at the consumer and the task sleeps until the due time,
 while every other partition goes on. A queue that grows past ``high_water`` pauses its partition too,
 until it drains below ``low_water``.
+
+A batch is at most ``max_batch`` records, and fewer when records are slow: the queues keep a moving
+average of a batch's run time per record and size batches to take about ``batch_seconds``, but never
+below ``min_batch`` (the handler's concurrency, which a smaller batch could not use). An event's
+processing time ends when its whole batch is delivered, so 500 calls of 10 ms in one batch would make
+each of them look like 5 s; fast handlers still get full batches, where the fixed cost per batch (a Redis
+round trip per step, the broker's acks) is shared by the most records.
 
 Pausing may make the consumer drop records it had already fetched for the partition (Faust does), so
 ``resume`` is told the next offset the queue expects, and the caller seeks there; a record delivered
@@ -22,15 +29,17 @@ from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from processor.headers import due_at_ms
 from processor.pipeline import InRecord
 
 log = logging.getLogger(__name__)
 TP = TypeVar("TP", bound=Hashable)
+FIRST_BATCH = 16
 
 
 @dataclass
 class _Partition:
-    queue: deque[tuple[InRecord, int, object]] = field(default_factory=deque)
+    queue: deque[InRecord] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     paused: set[str] = field(default_factory=set)
     task: asyncio.Task[None] | None = None
@@ -44,11 +53,13 @@ class PartitionQueues(Generic[TP]):
     def __init__(
         self,
         run: Callable[[Sequence[InRecord]], Awaitable[None]],
-        ack: Callable[[object], None],
+        ack: Callable[[TP, Sequence[InRecord]], None],
         pause: Callable[[TP], None],
         resume: Callable[[TP, int], None],
         *,
         max_batch: int = 500,
+        batch_seconds: float = 0.1,
+        min_batch: int = 1,
         high_water: int = 5000,
         clock: Callable[[], float] = time.time,
         on_pause_change: Callable[[str, int], None] = lambda reason, delta: None,
@@ -58,6 +69,9 @@ class PartitionQueues(Generic[TP]):
         self._pause = pause
         self._resume = resume
         self._max_batch = max_batch
+        self._batch_seconds = batch_seconds
+        self._min_batch = min(min_batch, max_batch)
+        self._per_record: float | None = None  # moving average of a batch's run time per record
         self._high_water = high_water
         self._low_water = high_water // 2
         self._clock = clock
@@ -66,18 +80,20 @@ class PartitionQueues(Generic[TP]):
         self._stopping = False
         self._retry_seconds = 1.0
 
-    def put(self, tp: TP, record: InRecord, due_ms: int, token: object) -> None:
-        """Queue a consumed record; ``token`` is handed to ``ack`` once its batch is done."""
+    def put(self, tp: TP, records: Sequence[InRecord]) -> None:
+        """Queue consumed records of ``tp``, in offset order; ``ack`` is called with them once run."""
         part = self._partitions.get(tp)
         if part is None:
             part = self._partitions[tp] = _Partition()
             part.task = asyncio.get_running_loop().create_task(self._drain(tp, part), name=f"partition-{tp}")
-        if record.offset < part.next_offset:
-            return  # delivered again after a seek; the first copy is queued (or done) already
-        part.next_offset = record.offset + 1
-        part.queue.append((record, due_ms, token))
+        queue = part.queue
+        for record in records:
+            if record.offset < part.next_offset:
+                continue  # delivered again after a seek; the first copy is queued (or done) already
+            part.next_offset = record.offset + 1
+            queue.append(record)
         part.wake.set()
-        if len(part.queue) >= self._high_water:
+        if len(queue) >= self._high_water:
             self._hold(tp, part, "backpressure")
 
     def revoke(self, tps: Sequence[TP]) -> None:
@@ -122,15 +138,16 @@ class PartitionQueues(Generic[TP]):
                     part.wake.clear()
                     await part.wake.wait()
                     continue
-                wait = part.queue[0][1] / 1000 - self._clock()
-                if wait > 0:
+                now_ms = self._clock() * 1000
+                wait_ms = due_at_ms(part.queue[0].headers) - now_ms
+                if wait_ms > 0:
                     self._hold(tp, part, "not_due")
-                    await asyncio.sleep(wait)
+                    await asyncio.sleep(wait_ms / 1000)
                     continue
                 self._release(tp, part, "not_due")
-                batch = self._take_due(part)
+                batch = self._take_due(part, now_ms)  # the same "now": the head is due in both
                 # Shielded: a revoke during the batch must not cut it between produce and ack.
-                part.in_flight = asyncio.ensure_future(self._run_and_ack(batch))
+                part.in_flight = asyncio.ensure_future(self._run_and_ack(tp, batch))
                 try:
                     await asyncio.shield(part.in_flight)
                 except Exception:
@@ -146,16 +163,29 @@ class PartitionQueues(Generic[TP]):
                 if len(part.queue) < self._low_water:
                     self._release(tp, part, "backpressure")
 
-    async def _run_and_ack(self, batch: list[tuple[InRecord, int, object]]) -> None:
-        await self._run([record for record, _, _ in batch])
-        for _, _, token in batch:
-            self._ack(token)
+    async def _run_and_ack(self, tp: TP, batch: list[InRecord]) -> None:
+        started = self._clock()
+        await self._run(batch)
+        self._ack(tp, batch)
+        per_record = (self._clock() - started) / len(batch)
+        average = self._per_record
+        self._per_record = per_record if average is None else 0.7 * average + 0.3 * per_record
 
-    def _take_due(self, part: _Partition) -> list[tuple[InRecord, int, object]]:
-        now_ms = self._clock() * 1000
-        batch: list[tuple[InRecord, int, object]] = []
-        while part.queue and len(batch) < self._max_batch and part.queue[0][1] <= now_ms:
-            batch.append(part.queue.popleft())
+    def batch_size(self) -> int:
+        """How many records the next batch takes at most (see the module docstring)."""
+        if self._per_record is None:
+            # Not timed yet: start small, as if records were slow.
+            return max(self._min_batch, min(self._max_batch, FIRST_BATCH))
+        if not self._per_record:
+            return self._max_batch
+        return max(self._min_batch, min(self._max_batch, round(self._batch_seconds / self._per_record)))
+
+    def _take_due(self, part: _Partition, now_ms: float) -> list[InRecord]:
+        queue = part.queue
+        size = self.batch_size()
+        batch: list[InRecord] = []
+        while queue and len(batch) < size and due_at_ms(queue[0].headers) <= now_ms:
+            batch.append(queue.popleft())
         return batch
 
     def _hold(self, tp: TP, part: _Partition, reason: str) -> None:

@@ -32,6 +32,7 @@ from processor.errors import FatalError, InvalidEvent
 from processor.kafka import DeliveryError, OutRecord
 from processor.logs import event_context, redact, trace_id_of
 from processor.metrics import Metrics
+from processor.timeouts import CallTimer
 from processor.topology import Context, HandlerSpec, Output
 from processor.tracing import FAILED_SPAN_HEADER, Tracing, record_failure, with_trace_headers
 
@@ -217,8 +218,12 @@ class Pipeline:
         """Run the handler over ``works``: events with the same key in offset order, and up to
         ``spec.concurrency`` keys at once (one at a time when concurrency is 1)."""
         if self.spec.concurrency == 1:
-            for work in works:
-                await self._handle(work)
+            timer = CallTimer(self.spec.timeout_seconds)
+            try:
+                for work in works:
+                    await self._handle(work, timer)
+            finally:
+                timer.close()
             return
         chains: dict[object, list[_Work]] = {}
         for work in works:
@@ -228,12 +233,16 @@ class Pipeline:
 
         async def run_chain(chain: list[_Work]) -> None:
             async with slots:
-                for work in chain:
-                    await self._handle(work)
+                timer = CallTimer(self.spec.timeout_seconds)
+                try:
+                    for work in chain:
+                        await self._handle(work, timer)
+                finally:
+                    timer.close()
 
         await asyncio.gather(*(run_chain(chain) for chain in chains.values()))
 
-    async def _handle(self, work: _Work) -> None:
+    async def _handle(self, work: _Work, timer: CallTimer) -> None:
         record = work.record
         attempts = h.attempts_of(record.headers)
         ctx = Context(
@@ -246,7 +255,7 @@ class Pipeline:
             work.span = self._process_span(record, self._span_attributes(attempts, work.event_id))
             try:
                 with self._in_span(work.span):
-                    outputs = await self._call(work.event, ctx)
+                    outputs = await self._call(work.event, ctx, timer)
                     work.outputs = [self._encode_output(o, record, work.event_id) for o in outputs]
                     log.debug("handled (attempt %d): %d output(s)", attempts + 1, len(work.outputs))
             except Exception as exc:
@@ -308,14 +317,13 @@ class Pipeline:
         if span is not None:
             span.end()
 
-    async def _call(self, event: dict[str, Any], ctx: Context) -> Sequence[Output]:
+    async def _call(self, event: dict[str, Any], ctx: Context, timer: CallTimer) -> Sequence[Output]:
         breaker = self._breaker
         while True:
             if breaker is not None and not breaker.allow():
                 await self._hold_while_open(breaker)  # returns holding a call slot
             try:
-                async with asyncio.timeout(self.spec.timeout_seconds):
-                    outputs = await self.spec.func(event, ctx)
+                outputs = await timer.run(self.spec.func(event, ctx))
             except Exception as exc:
                 if breaker is not None and self.spec.retry.is_retryable(exc):
                     breaker.record(False)

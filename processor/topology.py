@@ -1,7 +1,8 @@
 """Topologies: what a user writes. Handlers, their topics, retry policies and breakers, as plain values.
 
 A topology module declares ``topology = Topology("name")`` and decorates handlers with
-``@topology.handler(...)``. Nothing here touches Kafka or Redis; the worker turns these values into agents.
+``@topology.handler(...)``. Nothing here touches Kafka or Redis; the worker turns these values into running
+consumer groups (one Faust app per handler).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The Faust side: one Faust app (one consumer group) per handler, all run by one worker process.
 
-A handler's app has one agent reading its source topic and its retry tiers with manual acks; every record
-goes to the partition queues, which run the pipeline and ack afterwards. Each handler is its own consumer
-group so that fan-out handlers progress, pause and commit independently: one handler's open breaker or
-backlog never holds back another's.
+A handler's app subscribes to its source topic and its retry tiers; its consumer (processor.consumer)
+hands every fetched batch to the partition queues, which run the pipeline and ack the offsets afterwards.
+Each handler is its own consumer group so that fan-out handlers progress, pause and commit independently:
+one handler's open breaker or backlog never holds back another's.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 import socket
 import ssl
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -24,10 +24,10 @@ import redis.asyncio as aioredis
 from faust.types import TP
 from mode.utils.logging import redirect_stdouts
 
-from processor import headers as h
 from processor.breaker import Breaker
 from processor.codec import Decoder, compile_schema
 from processor.config import Settings
+from processor.consumer import BatchConsumer, BatchTransport
 from processor.dedup import Dedup
 from processor.kafka import DeliveringProducer, ensure_topics
 from processor.metrics import Metrics
@@ -97,15 +97,15 @@ def on_stop(app: faust.App, callback: Callable[[], Awaitable[None]]) -> None:
     app.task(attach)
 
 
-def _record(message: Any) -> InRecord:
-    raw = message.headers or ()
-    headers = dict(raw.items() if isinstance(raw, Mapping) else raw)
-    timestamp = message.timestamp
-    return InRecord(
-        topic=message.topic, partition=message.partition, offset=message.offset,
-        timestamp_ms=int(timestamp * 1000) if timestamp else 0, key=message.key, value=message.value,
-        headers=headers,
-    )
+def _records(batch: Sequence[Any]) -> list[InRecord]:
+    """aiokafka's ConsumerRecords as InRecords."""
+    return [
+        InRecord(
+            topic=r.topic, partition=r.partition, offset=r.offset, timestamp_ms=r.timestamp or 0, key=r.key,
+            value=r.value, headers=dict(r.headers) if r.headers else {},
+        )
+        for r in batch
+    ]
 
 
 def _tp(tp: Any) -> TP:
@@ -170,6 +170,10 @@ def build_handler_app(topology: Topology, spec: HandlerSpec, runtime: Runtime) -
         group, broker=f"kafka://{settings.kafka_bootstrap_servers}",
         broker_credentials=faust_credentials(settings), **FAUST_SETTINGS,
     )
+    app.transport = BatchTransport(
+        app.conf.broker_consumer, app, sink=lambda tp, batch: queues.put(tp, _records(batch)),
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+    )
     validator = compile_schema(topology.schemas_dir, spec.schema) if spec.schema else None
     metrics = runtime.metrics
     dedup = Dedup(
@@ -181,10 +185,11 @@ def build_handler_app(topology: Topology, spec: HandlerSpec, runtime: Runtime) -
     fetching = _Fetching(app)
     queues: PartitionQueues[Any] = PartitionQueues(
         run=lambda records: pipeline.run(records),
-        ack=lambda event: cast(Any, event).ack(),
+        ack=lambda tp, records: cast(BatchConsumer, app.consumer).ack_offsets(tp, [r.offset for r in records]),
         pause=fetching.pause,
         resume=fetching.resume,
         on_pause_change=lambda reason, delta: paused.labels(topology.name, spec.name, reason).inc(delta),
+        min_batch=spec.concurrency,
     )
     pipeline = Pipeline(
         topology.name, spec, group=group,
@@ -198,14 +203,7 @@ def build_handler_app(topology: Topology, spec: HandlerSpec, runtime: Runtime) -
         redact=topology.redact,
         on_dependency=metrics.set_dependency_up,
     )
-    topic = app.topic(spec.source, *spec.retry_topics, value_serializer="raw", key_serializer="raw")
-
-    async def consume(stream: Any) -> None:
-        async for event in stream.noack().events():
-            record = _record(event.message)
-            queues.put(event.message.tp, record, h.due_at_ms(record.headers), event)
-
-    app.agent(topic, name=f"{group}.consume")(consume)
+    app.topics.add(app.topic(spec.source, *spec.retry_topics, value_serializer="raw", key_serializer="raw"))
 
     on_stop(app, lambda: queues.drain(spec.timeout_seconds + 5))
 

@@ -16,14 +16,17 @@ from processor.bench import BenchOptions, bench_command
 from tests.conftest import Backend
 
 EVENTS = 2000
+SOAK_SECONDS = 12.0
+SOAK_RATE = 200
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(540)
 def test_bench_runs_every_variant_over_every_event(
     backend: Backend, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "bench.json"
-    options = BenchOptions(events=EVENTS, partitions=3, payload_bytes=200, json_path=out, state_dir=tmp_path)
+    options = BenchOptions(events=EVENTS, partitions=3, payload_bytes=200, json_path=out, state_dir=tmp_path,
+                           latency=True, soak_seconds=SOAK_SECONDS, soak_rate=SOAK_RATE)
     status = bench_command(options, environ=backend.env())
     table = capsys.readouterr().out
     document = orjson.loads(out.read_bytes())
@@ -49,6 +52,18 @@ def test_bench_runs_every_variant_over_every_event(
     assert set(document["ratios"]) == {"c/a", "c/b", "c/b0", "c/e"}
     assert document["ratios"]["c/a"] is not None
     assert document["options"] == {"events": EVENTS, "partitions": 3, "payload_bytes": 200}
-    assert document["latency"] is None
     for key in rows:
         assert f"({key}) " in table
+
+    # The paced runs: each event once (status 0 says so too), and no retry before its due time.
+    latency, retry, soak = document["latency"], document["retry_path"], document["soak"]
+    assert latency["events"] == latency["distinct"] > 0
+    assert latency["e2e_p99_ms"] is not None
+    assert retry["events"] == retry["distinct"] > 0
+    assert retry["early"] == 0
+    assert 0 <= retry["lateness_p50_ms"] <= retry["lateness_p99_ms"] <= retry["lateness_max_ms"]
+    assert soak["events"] == soak["distinct"] == int(SOAK_RATE * SOAK_SECONDS)
+    assert len(soak["rss_samples"]) >= 2
+    assert soak["rss_slope_mb_per_hour"] is not None
+    assert "retry path (c at" in table
+    assert "soak (c at" in table

@@ -88,15 +88,20 @@ async def handle(event: dict[str, Any], ctx: Context) -> list[Output]:
         raise ValueError(f"boom {ctx.event_id}")
     if action == "fatal":
         raise FatalError("negative amount")
+    if action == "slow":
+        await asyncio.sleep(event["sleep"])
     if action == "undeclared":
         return [Output("elsewhere", {"id": ctx.event_id})]
     return [Output("out", {"id": ctx.event_id, "attempt": ctx.attempt})]
 
 
 @asynccontextmanager
-async def harness(backend: Backend, unique: str, sink: FakeSink | None = None) -> AsyncIterator[Harness]:
+async def harness(
+    backend: Backend, unique: str, sink: FakeSink | None = None, timeout_seconds: float = 10.0
+) -> AsyncIterator[Harness]:
     topology = Topology(unique)
-    topology.handler(source="orders", outputs=("out",), retry=Retry(delays=("1s", "10s")))(handle)
+    topology.handler(source="orders", outputs=("out",), retry=Retry(delays=("1s", "10s")),
+                     timeout_seconds=timeout_seconds)(handle)
     spec = topology.get("handle")
     group = topology.group("handle")
     client = aioredis.Redis.from_url(backend.redis_url)
@@ -202,6 +207,19 @@ async def test_retryable_failure_goes_to_the_first_tier_with_headers(backend: Ba
         out = hx.sink.to("out")
         assert [orjson.loads(r.value or b"") for r in out] == [{"id": "e1", "attempt": 2}]
         assert await hx.state("e1") == b"d"
+
+
+async def test_a_call_past_its_timeout_is_retried_and_the_batch_goes_on(backend: Backend, unique: str) -> None:
+    async with harness(backend, unique, timeout_seconds=0.3) as hx:
+        # e1 and e3 take a little less than the timeout each: together more than it, and still on time.
+        await hx.pipeline.run([
+            record("e1", 0, "slow", sleep=0.2), record("e2", 1, "slow", sleep=30), record("e3", 2, "slow", sleep=0.2),
+        ])
+        (retry,) = hx.sink.to("orders.handle.retry.1s")
+        assert dict(retry.headers)[h.EXC_CLASS] == b"builtins.TimeoutError"
+        assert dict(retry.headers)[h.EVENT_ID] == b"e2"
+        assert sorted(orjson.loads(r.value or b"")["id"] for r in hx.sink.to("out")) == ["e1", "e3"]
+        assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
 
 
 async def test_last_tier_failure_goes_to_the_dlq_as_retries_exhausted(backend: Backend, unique: str) -> None:

@@ -15,7 +15,7 @@ import processor
 from processor import bench_report as br
 from processor.bench import BenchOptions, complete, describe_backend, missing_servers
 from processor.bench_loops import LoopSpec
-from processor.bench_proc import parse_cpu_ticks, parse_peak_rss_kb, read_json, write_json
+from processor.bench_proc import parse_cpu_ticks, parse_status_kb, read_json, write_json
 from processor.bench_run import event_value
 from processor.codec import Decoder, compile_schema
 from processor.config import Settings
@@ -149,11 +149,53 @@ def test_finite_turns_nan_into_none() -> None:
 
 
 def test_complete_needs_exactly_n_distinct_outputs_per_variant_that_ran() -> None:
-    assert complete(FULL)
+    options = BenchOptions(events=N)
+    assert complete(FULL, options)
     extra = dataclasses.replace(ok_row(br.FAUST, 1_000.0), events=N + 1)
-    assert not complete(report(extra))
-    assert not complete(report(dataclasses.replace(ok_row(br.FAUST, 1_000.0), distinct=N - 1)))
-    assert not complete(report(br.Row(br.PIPELINE, "pipeline", status=br.FAILED)))
+    assert not complete(report(extra), options)
+    assert not complete(report(dataclasses.replace(ok_row(br.FAUST, 1_000.0), distinct=N - 1)), options)
+    assert not complete(report(br.Row(br.PIPELINE, "pipeline", status=br.FAILED)), options)
+
+
+RETRY = br.RetryPathResult(target_rate=1000.0, achieved_rate=999.0, events=N, distinct=N, delay_seconds=1.0, early=0,
+                           lateness_p50_ms=3.0, lateness_p99_ms=41.5, lateness_max_ms=60.0)
+LATENCY = br.LatencyResult(target_rate=2000.0, achieved_rate=1999.0, events=N, distinct=N, e2e_p50_ms=12.0,
+                           e2e_p99_ms=48.5, processing_p50_ms=4.0, processing_p99_ms=9.0)
+SOAK = br.SoakResult(seconds=600.0, target_rate=2000.0, achieved_rate=1998.0, events=N, distinct=N, rss_first_mb=90.0,
+                     rss_fit_start_mb=120.0, rss_last_mb=121.0, rss_slope_mb_per_hour=1.5, e2e_p50_ms=20.0,
+                     e2e_p99_ms=70.0, rss_samples=((0.0, 90.0), (600.0, 121.0)))
+
+
+def test_complete_asks_each_paced_run_for_once_and_the_retry_path_for_nothing_early() -> None:
+    paced = dataclasses.replace(FULL, latency=LATENCY, retry_path=RETRY, soak=SOAK)
+    options = BenchOptions(events=N, latency=True, soak_seconds=600.0)
+    assert complete(paced, options)
+    assert not complete(FULL, options)  # asked for, and missing: it failed
+    assert not complete(dataclasses.replace(paced, retry_path=dataclasses.replace(RETRY, early=1)), options)
+    assert not complete(dataclasses.replace(paced, soak=dataclasses.replace(SOAK, events=N + 1)), options)
+    assert not complete(dataclasses.replace(paced, latency=dataclasses.replace(LATENCY, distinct=N - 1)), options)
+
+
+def test_table_and_json_show_the_retry_path_and_the_soak() -> None:
+    paced = dataclasses.replace(FULL, retry_path=RETRY, soak=SOAK)
+    text = br.render_table(paced)
+    assert "retry path (c at 1000/s" in text
+    assert "started before due 0; lateness after due p50 3.0 ms, p99 41.5 ms, max 60.0 ms" in text
+    assert "soak (c at 2000/s for 600s" in text
+    assert "slope after warm-up +1.5 MB/h" in text
+    document = orjson.loads(orjson.dumps(paced.as_json()))
+    assert document["retry_path"] == dataclasses.asdict(RETRY)
+    assert document["soak"]["rss_samples"] == [[0.0, 90.0], [600.0, 121.0]]
+
+
+def test_least_squares_slope() -> None:
+    from processor.bench_soak import least_squares_slope
+
+    assert least_squares_slope([(0.0, 1.0), (1.0, 3.0), (2.0, 5.0)]) == pytest.approx(2.0)
+    assert least_squares_slope([(0.0, 5.0), (10.0, 5.0), (20.0, 5.0)]) == pytest.approx(0.0)
+    assert least_squares_slope([(0.0, 1.0), (1.0, 2.0), (2.0, 1.0), (3.0, 2.0)]) == pytest.approx(0.2)
+    assert least_squares_slope([(1.0, 1.0)]) is None
+    assert least_squares_slope([(1.0, 1.0), (1.0, 2.0)]) is None
 
 
 # -- /proc and files ---------------------------------------------------------------------------------------
@@ -171,11 +213,12 @@ def test_cpu_ticks_of_this_process_grow() -> None:
     assert peak_rss_kb() > 1000
 
 
-def test_peak_rss_is_vmhwm() -> None:
+def test_status_lines_are_read_by_name() -> None:
     status = "Name:\tpython\nVmPeak:\t  500000 kB\nVmHWM:\t   81234 kB\nVmRSS:\t   80000 kB\n"
-    assert parse_peak_rss_kb(status) == 81234
+    assert parse_status_kb(status, "VmHWM") == 81234
+    assert parse_status_kb(status, "VmRSS") == 80000
     with pytest.raises(ValueError, match="VmHWM"):
-        parse_peak_rss_kb("Name:\tpython\n")
+        parse_status_kb("Name:\tpython\n", "VmHWM")
 
 
 def test_json_files_round_trip_and_absent_is_none(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 
+from processor import headers as h
 from processor.partitions import PartitionQueues
 from processor.pipeline import InRecord
 
@@ -22,7 +23,7 @@ class Recorder:
         self.clock = clock
         self.runs: list[list[tuple[int, int]]] = []  # [(partition, offset), ...] per batch
         self.run_times: list[float] = []
-        self.acks: list[object] = []
+        self.acks: list[tuple[int, int]] = []  # (partition, offset), in ack order
         self.pauses: list[int] = []
         self.resumes: list[tuple[int, int]] = []
         self.pause_changes: list[tuple[str, int]] = []
@@ -31,8 +32,11 @@ class Recorder:
         self.gate = asyncio.Event()
         self.gate.set()
         self.runs_at_resume: list[int] = []
+        self.cost: Callable[[int], float] | None = None  # seconds a batch of n takes, on ``clock``
 
     async def run(self, records: Sequence[InRecord]) -> None:
+        if self.clock is not None and self.cost is not None:
+            self.clock.now += self.cost(len(records))  # the batch "took" this long
         partitions = {r.partition for r in records}
         assert len(partitions) == 1
         (p,) = partitions
@@ -46,8 +50,9 @@ class Recorder:
         finally:
             self.in_flight[p] -= 1
 
-    def ack(self, token: object) -> None:
-        self.acks.append(token)
+    def ack(self, tp: int, records: Sequence[InRecord]) -> None:
+        assert all(r.partition == tp for r in records)
+        self.acks += [(tp, r.offset) for r in records]
 
     def pause(self, tp: int) -> None:
         self.pauses.append(tp)
@@ -59,18 +64,18 @@ class Recorder:
     def on_pause_change(self, reason: str, delta: int) -> None:
         self.pause_changes.append((reason, delta))
 
-    def queues(self, clock: Callable[[], float] | None = None, **kwargs: int) -> PartitionQueues[int]:
+    def queues(self, clock: Callable[[], float] | None = None, **kwargs: float) -> PartitionQueues[int]:
         return PartitionQueues(
             self.run, self.ack, self.pause, self.resume, clock=clock or (lambda: 1_000.0),
-            on_pause_change=self.on_pause_change, **kwargs,
+            on_pause_change=self.on_pause_change, **kwargs,  # type: ignore[arg-type]
         )
 
     def offsets(self, partition: int) -> list[int]:
         return [o for batch in self.runs for p, o in batch if p == partition]
 
 
-def rec(partition: int, offset: int) -> InRecord:
-    return InRecord("t", partition, offset, 0, None, b"{}", {})
+def rec(partition: int, offset: int, due_ms: int = 0) -> InRecord:
+    return InRecord("t", partition, offset, 0, None, b"{}", {h.DUE_AT_MS: str(due_ms).encode()} if due_ms else {})
 
 
 async def until(cond: Callable[[], bool], within_seconds: float = 5.0) -> None:
@@ -87,14 +92,53 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+def sizes(r: Recorder) -> list[int]:
+    return [len(batch) for batch in r.runs]
+
+
+async def test_slow_records_make_batches_that_take_about_batch_seconds() -> None:
+    clock = FakeClock()
+    r = Recorder(clock)
+    r.cost = lambda n: 0.01 * n  # 10 ms per record
+    q = r.queues(clock=clock, max_batch=500, batch_seconds=0.1)
+    q.put(0, [rec(0, offset) for offset in range(60)])
+    await until(lambda: len(r.acks) == 60)
+    assert sizes(r) == [16, 10, 10, 10, 10, 4]  # the first batch is small until one has been timed
+    await q.drain(1.0)
+
+
+async def test_batches_never_go_below_min_batch() -> None:
+    clock = FakeClock()
+    r = Recorder(clock)
+    r.cost = lambda n: 0.6  # one round of concurrent 600 ms calls, whatever the size
+    q = r.queues(clock=clock, max_batch=500, batch_seconds=0.1, min_batch=20)
+    q.put(0, [rec(0, offset) for offset in range(100)])
+    await until(lambda: len(r.acks) == 100)
+    assert sizes(r) == [20] * 5
+    await q.drain(1.0)
+
+
+async def test_a_fixed_cost_per_batch_grows_batches_to_max_batch() -> None:
+    clock = FakeClock()
+    r = Recorder(clock)
+    r.cost = lambda n: 0.05  # round trips: the same for any size
+    q = r.queues(clock=clock, max_batch=100, batch_seconds=0.1)
+    q.put(0, [rec(0, offset) for offset in range(2000)])
+    await until(lambda: len(r.acks) == 2000)
+    grown = sizes(r)[: sizes(r).index(100) + 1]  # up to the first full batch, which does come
+    assert grown[0] == 16
+    assert grown == sorted(grown)
+    await q.drain(1.0)
+
+
 async def test_records_of_a_partition_run_in_offset_order_in_batches() -> None:
     r = Recorder()
     q = r.queues(max_batch=2)
     for offset in range(5):
-        q.put(0, rec(0, offset), 0, f"tok{offset}")
+        q.put(0, [rec(0, offset)])
     await until(lambda: len(r.acks) == 5)
     assert r.runs == [[(0, 0), (0, 1)], [(0, 2), (0, 3)], [(0, 4)]]
-    assert r.acks == ["tok0", "tok1", "tok2", "tok3", "tok4"]
+    assert r.acks == [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4)]
     await q.drain(1.0)
 
 
@@ -102,17 +146,17 @@ async def test_one_batch_in_flight_per_partition_and_acks_after_run() -> None:
     r = Recorder()
     r.gate.clear()
     q = r.queues()
-    q.put(0, rec(0, 0), 0, "a")
+    q.put(0, [rec(0, 0)])
     await until(lambda: len(r.runs) == 1)
-    q.put(0, rec(0, 1), 0, "b")
-    q.put(0, rec(0, 2), 0, "c")
+    q.put(0, [rec(0, 1)])
+    q.put(0, [rec(0, 2)])
     await settle()
     assert r.runs == [[(0, 0)]]  # the next batch waits for the one in flight
     assert r.acks == []  # nothing acked while its batch runs
     r.gate.set()
     await until(lambda: len(r.acks) == 3)
     assert r.runs == [[(0, 0)], [(0, 1), (0, 2)]]
-    assert r.acks == ["a", "b", "c"]
+    assert r.acks == [(0, 0), (0, 1), (0, 2)]
     assert r.max_in_flight[0] == 1
     await q.drain(1.0)
 
@@ -121,13 +165,13 @@ async def test_partitions_run_independently() -> None:
     r = Recorder()
     r.gate.clear()
     q = r.queues()
-    q.put(0, rec(0, 0), 0, "p0")
-    q.put(1, rec(1, 0), 0, "p1")
+    q.put(0, [rec(0, 0)])
+    q.put(1, [rec(1, 0)])
     await until(lambda: len(r.runs) == 2)  # both in flight at once
     assert r.max_in_flight == {0: 1, 1: 1}
     r.gate.set()
     await until(lambda: len(r.acks) == 2)
-    assert sorted(r.acks, key=str) == ["p0", "p1"]
+    assert sorted(r.acks) == [(0, 0), (1, 0)]
     await q.drain(1.0)
 
 
@@ -136,15 +180,15 @@ async def test_not_due_record_pauses_its_partition_until_due_while_others_run() 
     r = Recorder(clock)
     q = r.queues(clock=clock)
     due_ms = 1_000_000 + 50  # 50 ms ahead of the fake clock
-    q.put(0, rec(0, 7), due_ms, "late")
+    q.put(0, [rec(0, 7, due_ms=due_ms)])
     await until(lambda: r.pauses == [0])
-    q.put(1, rec(1, 3), 0, "now")  # another partition goes on meanwhile
-    await until(lambda: r.acks == ["now"])
+    q.put(1, [rec(1, 3)])  # another partition goes on meanwhile
+    await until(lambda: r.acks == [(1, 3)])
     await asyncio.sleep(0.2)  # several times the delay in real time, but the clock has not moved
     assert r.offsets(0) == []
     assert r.resumes == []
     clock.now = 1_000.05
-    await until(lambda: "late" in r.acks)
+    await until(lambda: (0, 7) in r.acks)
     assert r.offsets(0) == [7]
     assert r.run_times[-1] * 1000 >= due_ms
     assert r.resumes == [(0, 8)]  # the next offset the queue expects
@@ -157,15 +201,15 @@ async def test_a_due_record_behind_a_not_due_one_waits_for_it() -> None:
     clock = FakeClock(1_000.0)
     r = Recorder(clock)
     q = r.queues(clock=clock)
-    q.put(0, rec(0, 0), 1_000_000 + 30, "first")
-    q.put(0, rec(0, 1), 0, "second")
+    q.put(0, [rec(0, 0, due_ms=1_000_000 + 30)])
+    q.put(0, [rec(0, 1)])
     await until(lambda: r.pauses == [0])
     await asyncio.sleep(0.1)
     assert r.runs == []
     clock.now = 1_000.03
     await until(lambda: len(r.acks) == 2)
     assert r.offsets(0) == [0, 1]
-    assert r.acks == ["first", "second"]
+    assert r.acks == [(0, 0), (0, 1)]
     await q.drain(1.0)
 
 
@@ -173,16 +217,13 @@ async def test_redelivered_lower_offset_is_dropped() -> None:
     r = Recorder()
     r.gate.clear()
     q = r.queues()
-    q.put(0, rec(0, 5), 0, "5")
-    q.put(0, rec(0, 6), 0, "6")
-    q.put(0, rec(0, 5), 0, "5-again")  # delivered again after a seek
-    q.put(0, rec(0, 6), 0, "6-again")
-    q.put(0, rec(0, 7), 0, "7")
+    q.put(0, [rec(0, 5), rec(0, 6)])
+    q.put(0, [rec(0, 5), rec(0, 6), rec(0, 7)])  # delivered again after a seek
     r.gate.set()
-    await until(lambda: "7" in r.acks)
+    await until(lambda: (0, 7) in r.acks)
     await settle()
     assert r.offsets(0) == [5, 6, 7]
-    assert r.acks == ["5", "6", "7"]
+    assert r.acks == [(0, 5), (0, 6), (0, 7)]
     await q.drain(1.0)
 
 
@@ -190,18 +231,18 @@ async def test_revoke_forgets_the_partition_but_lets_the_batch_in_flight_ack() -
     r = Recorder()
     r.gate.clear()
     q = r.queues()
-    q.put(0, rec(0, 0), 0, "a")
+    q.put(0, [rec(0, 0)])
     await until(lambda: len(r.runs) == 1)
-    q.put(0, rec(0, 1), 0, "b")
-    q.put(1, rec(1, 0), 0, "other")
+    q.put(0, [rec(0, 1)])
+    q.put(1, [rec(1, 0)])
     q.revoke([0])
     r.gate.set()
-    await until(lambda: "a" in r.acks and "other" in r.acks)
+    await until(lambda: (0, 0) in r.acks and (1, 0) in r.acks)
     await settle()
     assert r.offsets(0) == [0]  # offset 1 was forgotten, for the partition's new owner
-    assert "b" not in r.acks
-    q.put(0, rec(0, 1), 0, "b-again")  # assigned back: the old next_offset is forgotten too
-    await until(lambda: "b-again" in r.acks)
+    assert (0, 1) not in r.acks
+    q.put(0, [rec(0, 1)])  # assigned back: the old next_offset is forgotten too
+    await until(lambda: (0, 1) in r.acks)
     assert r.offsets(0) == [0, 1]
     await q.drain(1.0)
 
@@ -210,7 +251,7 @@ async def test_revoke_reports_its_pauses_as_released() -> None:
     clock = FakeClock(1_000.0)
     r = Recorder(clock)
     q = r.queues(clock=clock)
-    q.put(0, rec(0, 0), 2_000_000, "far")
+    q.put(0, [rec(0, 0, due_ms=2_000_000)])
     await until(lambda: r.pauses == [0])
     assert q.held("not_due") == 1
     q.revoke([0])
@@ -223,12 +264,12 @@ async def test_high_water_pauses_and_draining_below_low_water_resumes() -> None:
     r = Recorder()
     r.gate.clear()
     q = r.queues(max_batch=1, high_water=4)  # low water: 2
-    q.put(0, rec(0, 0), 0, 0)
+    q.put(0, [rec(0, 0)])
     await until(lambda: len(r.runs) == 1)
     for offset in range(1, 4):
-        q.put(0, rec(0, offset), 0, offset)
+        q.put(0, [rec(0, offset)])
     assert r.pauses == []  # 3 queued: below high water
-    q.put(0, rec(0, 4), 0, 4)
+    q.put(0, [rec(0, 4)])
     assert r.pauses == [0]
     assert q.held("backpressure") == 1
     r.gate.set()
@@ -244,8 +285,8 @@ async def test_high_water_pauses_and_draining_below_low_water_resumes() -> None:
 async def test_pause_all_and_resume_all() -> None:
     r = Recorder()
     q = r.queues()
-    q.put(0, rec(0, 0), 0, "a")
-    q.put(1, rec(1, 0), 0, "b")
+    q.put(0, [rec(0, 0)])
+    q.put(1, [rec(1, 0)])
     await until(lambda: len(r.acks) == 2)
     q.pause_all("breaker")
     assert sorted(r.pauses) == [0, 1]
@@ -260,16 +301,16 @@ async def test_drain_waits_for_the_batch_in_flight_to_ack() -> None:
     r = Recorder()
     r.gate.clear()
     q = r.queues()
-    q.put(0, rec(0, 0), 0, "in-flight")
+    q.put(0, [rec(0, 0)])
     await until(lambda: len(r.runs) == 1)
-    q.put(0, rec(0, 1), 0, "queued")
+    q.put(0, [rec(0, 1)])
     draining = asyncio.create_task(q.drain(5.0))
     await settle()
     assert not draining.done()
     assert r.acks == []
     r.gate.set()
     await asyncio.wait_for(draining, 5.0)
-    assert r.acks == ["in-flight"]  # acked before drain returned
+    assert r.acks == [(0, 0)]  # acked before drain returned
     await settle()
     assert r.offsets(0) == [0]  # no new batch started after drain began
-    assert "queued" not in r.acks
+    assert (0, 1) not in r.acks
