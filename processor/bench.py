@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import orjson
 
@@ -37,6 +38,7 @@ from processor.kafka import ensure_topics
 from processor.servers import embedded_stack
 
 SERVER_SETTINGS = ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL")
+T = TypeVar("T")
 
 # (d): sampled at 10%, spans printed by the console exporter into /dev/null (provisional settings).
 TRACING_ENV = {
@@ -69,6 +71,14 @@ def tansu_latency_note(fetch_max_wait_ms: int) -> str:
     )
 
 
+# The paced runs' rates, as shares of (c)'s measured maximum. The retry path's: every event fails once
+# there, and a failure costs several successes (its stack trace, a warning log line, the retry record,
+# then the second attempt); 5% of the maximum makes the tier carry what a 5% failure rate at full load
+# would send it.
+LATENCY_SHARE = 0.5
+RETRY_PATH_SHARE = 0.05
+
+
 @dataclass(frozen=True)
 class BenchOptions:
     """What ``processor bench`` runs."""
@@ -80,6 +90,7 @@ class BenchOptions:
     latency: bool = False
     state_dir: Path = Path(".processor")
     only: frozenset[str] | None = None  # variant keys to run; None: all of them
+    paced_seconds: float = 10.0  # how long the latency and retry-path runs produce
     soak_seconds: float = 0.0  # 0: no soak
     soak_rate: float = 2000.0
 
@@ -141,35 +152,33 @@ def run_bench(settings: Settings, options: BenchOptions, backend: str = "externa
         progress(f"bench {run_id}: running ({key}) {label}")
         rows.append(measure(run, launch_for(key, label, run, log_dir)))
     notes = list(NOTES)
+
+    def paced(what: str, rate: float, measure_it: Callable[[float], T]) -> T | None:
+        progress(f"bench {run_id}: {what} at {rate:.0f} events/s")
+        try:
+            return measure_it(rate)
+        except VariantFailed as exc:
+            notes.append(f"{what} FAILED: {exc}")
+            return None
+
     latency = retry_path = soak = None
+    seconds, size = options.paced_seconds, options.payload_bytes
     if options.latency:
         from processor.bench_latency import run_latency, run_retry_path
 
-        pipeline = next(r for r in rows if r.key == br.PIPELINE)
-        if not pipeline.events_per_s:
+        maximum = next(r for r in rows if r.key == br.PIPELINE).events_per_s
+        if not maximum:
             notes.append("latency mode not run: (c) has no measured maximum")
         else:
-            rate = pipeline.events_per_s / 2
-            progress(f"bench {run_id}: latency run at {rate:.0f} events/s")
-            try:
-                latency = run_latency(run, log_dir, rate=rate, payload_bytes=options.payload_bytes)
-            except VariantFailed as exc:
-                notes.append(f"latency run FAILED: {exc}")
-            # Each event is handled twice (the failing attempt, then the retry): half the rate, the same load.
-            progress(f"bench {run_id}: retry-path run at {rate / 2:.0f} events/s")
-            try:
-                retry_path = run_retry_path(run, log_dir, rate=rate / 2, payload_bytes=options.payload_bytes)
-            except VariantFailed as exc:
-                notes.append(f"retry-path run FAILED: {exc}")
+            latency = paced("latency run", maximum * LATENCY_SHARE, lambda rate: run_latency(
+                run, log_dir, rate=rate, seconds=seconds, payload_bytes=size))
+            retry_path = paced("retry-path run", maximum * RETRY_PATH_SHARE, lambda rate: run_retry_path(
+                run, log_dir, rate=rate, seconds=seconds, payload_bytes=size))
     if options.soak_seconds:
         from processor.bench_soak import run_soak
 
-        progress(f"bench {run_id}: soak at {options.soak_rate:.0f} events/s for {options.soak_seconds:.0f}s")
-        try:
-            soak = run_soak(run, log_dir, seconds=options.soak_seconds, rate=options.soak_rate,
-                            payload_bytes=options.payload_bytes)
-        except VariantFailed as exc:
-            notes.append(f"soak FAILED: {exc}")
+        soak = paced(f"soak for {options.soak_seconds:.0f}s", options.soak_rate, lambda rate: run_soak(
+            run, log_dir, seconds=options.soak_seconds, rate=rate, payload_bytes=size))
     return br.Report(
         events=options.events, partitions=options.partitions, payload_bytes=options.payload_bytes,
         backend=backend, run_id=run_id, rows=tuple(rows), latency=latency, retry_path=retry_path, soak=soak,

@@ -286,13 +286,18 @@ def measure(run: Run, launch: Launch) -> Row:
         end_ms = float(str(sample.result["last_wall"])) * 1000
         events = distinct = int(str(sample.result["count"]))
     seconds = max(end_ms - first_ms, 1.0) / 1000
-    raw = [ts - run.input_timestamps[n] for n, ts in records if 0 <= n < run.events]
+    raw: list[float] = [ts - run.input_timestamps[n] for n, ts in records if 0 <= n < run.events]
     # Every input was written before the variant started, so raw e2e mostly measures how long the records
     # waited for this variant to be started; from the variant's first record on is the drain's own latency.
-    clamped = [ts - max(run.input_timestamps[n], first_ms) for n, ts in records if 0 <= n < run.events]
+    clamped: list[float] = [ts - max(run.input_timestamps[n], first_ms) for n, ts in records if 0 <= n < run.events]
+    note = launch.note
+    if raw and max(raw) <= 0:
+        # Quix Streams gives an output its input's timestamp: record timestamps cannot tell its e2e.
+        raw = clamped = []
+        note = "outputs carry their input's timestamp, so e2e is not measured from record timestamps"
     cpu = (sample.end_ticks - sample.first_ticks) / CLOCK_TICKS_PER_SECOND
     return Row(
-        launch.key, launch.label, status=OK, note=launch.note, events=events, distinct=distinct,
+        launch.key, launch.label, status=OK, note=note, events=events, distinct=distinct,
         seconds=seconds, events_per_s=run.events / seconds,
         processing_p50_ms=sample.processing[0], processing_p99_ms=sample.processing[1],
         processing_source="histogram" if launch.result is None else "in-loop",

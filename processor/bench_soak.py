@@ -15,7 +15,7 @@ from pathlib import Path
 from processor.bench_latency import paced_worker, produce_paced
 from processor.bench_proc import rss_kb
 from processor.bench_report import PIPELINE, SoakResult, percentile
-from processor.bench_run import Run
+from processor.bench_run import OutputReader, Run
 
 SAMPLE_SECONDS = 5.0
 WARM_UP = 0.2  # of the run, left out of the slope
@@ -39,29 +39,39 @@ def run_soak(run: Run, log_dir: Path, *, seconds: float, rate: float, payload_by
     """Produce at ``rate`` for ``seconds`` to a fresh worker, sampling its RSS every ``SAMPLE_SECONDS``."""
     events = max(1, int(rate * seconds))
     with paced_worker(run, log_dir, f"{PIPELINE}-soak", "processor pipeline soak", keep_every=KEEP_EVERY) as worker:
+        # As in the latency run, the inputs read by a plain consumer give the broker's own share of e2e.
+        source = OutputReader(run.settings, worker.source, run.partitions, keep_every=KEEP_EVERY)
         samples: list[tuple[float, float]] = []  # (seconds since the load began, RSS MB)
         started = time.monotonic()
         next_sample = started
 
         def between(timeout_seconds: float) -> None:
             nonlocal next_sample
-            worker.reader.poll(timeout_seconds)
+            worker.reader.poll(timeout_seconds / 2)
+            source.poll(timeout_seconds / 2)
             now = time.monotonic()
             if now >= next_sample:
                 samples.append((now - started, rss_kb(worker.proc.pid) / 1024))
                 next_sample += SAMPLE_SECONDS
 
-        inputs, achieved = produce_paced(run, worker.source, events, rate, payload_bytes, between)
-        worker.wait_outputs(events, run.timeout_seconds)
+        try:
+            inputs, achieved = produce_paced(run, worker.source, events, rate, payload_bytes, between)
+            worker.wait_outputs(events, run.timeout_seconds)
+            while source.count < events:
+                source.poll(0.1)
+        finally:
+            source.close()
         samples.append((time.monotonic() - started, rss_kb(worker.proc.pid) / 1024))
         fitted = [(t, mb) for t, mb in samples if t >= WARM_UP * seconds]
         slope = least_squares_slope(fitted)
         e2e = [ts - inputs[n] for n, ts in worker.reader.records if 0 <= n < events]
+        hop = [seen - ts for (_, ts), seen in zip(source.records, source.seen_ms, strict=True)]
         return SoakResult(
             seconds=seconds, target_rate=rate, achieved_rate=achieved, events=worker.reader.count,
             distinct=len(worker.reader.numbers), rss_first_mb=samples[0][1],
             rss_fit_start_mb=fitted[0][1] if fitted else None, rss_last_mb=samples[-1][1],
             rss_slope_mb_per_hour=None if slope is None else slope * 3600,
             e2e_p50_ms=percentile(e2e, 0.5), e2e_p99_ms=percentile(e2e, 0.99),
+            broker_p50_ms=percentile(hop, 0.5), broker_p99_ms=percentile(hop, 0.99),
             rss_samples=tuple((round(t, 1), round(mb, 2)) for t, mb in samples),
         )

@@ -70,6 +70,21 @@ def truncated(text: str, limit: int) -> bytes:
     return data if len(data) <= limit else data[: limit - 3] + b"..."
 
 
+def format_exception(exc: BaseException) -> str:
+    """``traceback.format_exception`` with its chained causes, without the caret lines under each frame:
+    Python 3.11 parses every frame's source to draw them, which doubled the cost of a failure's headers."""
+    top = traceback.TracebackException(type(exc), exc, exc.__traceback__)
+    seen: set[int] = set()
+    chained: traceback.TracebackException | None = top
+    while chained is not None and id(chained) not in seen:
+        seen.add(id(chained))
+        chained.stack = traceback.StackSummary.from_list(
+            [(f.filename, f.lineno or 0, f.name, f.line) for f in chained.stack]
+        )
+        chained = chained.__cause__ or chained.__context__
+    return "".join(top.format())
+
+
 def failure_headers(
     *,
     origin: Origin,
@@ -85,7 +100,7 @@ def failure_headers(
     due_ms: int | None = None,
 ) -> list[tuple[str, bytes]]:
     """Headers for a retry or DLQ record; keeps the incoming trace context and user headers."""
-    stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    stack = format_exception(exc)
     out: list[tuple[str, bytes]] = [
         (k, v) for k, v in incoming.items() if not k.startswith(PREFIX)
     ]

@@ -2,9 +2,10 @@
 
 The consumer hands every fetched batch to ``put``; a task per partition takes the due records at the head
 of its queue as one batch, runs it, and only then acks them. A record that is not due yet (a retry tier's)
-holds its partition: the partition is paused at the consumer and the task sleeps until the due time,
-while every other partition goes on. A queue that grows past ``high_water`` pauses its partition too,
-until it drains below ``low_water``.
+holds its partition: the task sleeps until the due time, while every other partition goes on. Fetching
+goes on meanwhile (the records behind are due later, and are then at hand without a fetch round trip);
+a queue that grows past ``high_water`` pauses its partition at the consumer, until it drains below
+``low_water``, and so does the breaker (``pause_all``).
 
 A batch is at most ``max_batch`` records, and fewer when records are slow: the queues keep a moving
 average of a batch's run time per record and size batches to take about ``batch_seconds``, but never
@@ -35,13 +36,15 @@ from processor.pipeline import InRecord
 log = logging.getLogger(__name__)
 TP = TypeVar("TP", bound=Hashable)
 FIRST_BATCH = 16
+# Reasons a partition is held that leave its fetching on (reported as held all the same).
+_FETCHING = frozenset({"not_due"})
 
 
 @dataclass
 class _Partition:
     queue: deque[InRecord] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    paused: set[str] = field(default_factory=set)
+    held: set[str] = field(default_factory=set)  # why the partition waits (see _FETCHING)
     task: asyncio.Task[None] | None = None
     next_offset: int = -1
     in_flight: asyncio.Future[None] | None = None
@@ -103,9 +106,9 @@ class PartitionQueues(Generic[TP]):
             if part is None:
                 continue
             part.queue.clear()
-            for reason in list(part.paused):
+            for reason in list(part.held):
                 self._on_pause_change(reason, -1)
-            part.paused.clear()
+            part.held.clear()
             if part.task is not None:
                 # A batch in flight finishes (its claims keep others off its events); only the wait ends.
                 part.task.cancel()
@@ -129,7 +132,7 @@ class PartitionQueues(Generic[TP]):
             self._release(tp, part, reason)
 
     def held(self, reason: str) -> int:
-        return sum(1 for p in self._partitions.values() if reason in p.paused)
+        return sum(1 for p in self._partitions.values() if reason in p.held)
 
     async def _drain(self, tp: TP, part: _Partition) -> None:
         with contextlib.suppress(asyncio.CancelledError):
@@ -189,15 +192,17 @@ class PartitionQueues(Generic[TP]):
         return batch
 
     def _hold(self, tp: TP, part: _Partition, reason: str) -> None:
-        if reason not in part.paused:
-            if not part.paused:
-                self._pause(tp)
-            part.paused.add(reason)
-            self._on_pause_change(reason, 1)
+        if reason in part.held:
+            return
+        if reason not in _FETCHING and not part.held - _FETCHING:
+            self._pause(tp)
+        part.held.add(reason)
+        self._on_pause_change(reason, 1)
 
     def _release(self, tp: TP, part: _Partition, reason: str) -> None:
-        if reason in part.paused:
-            part.paused.discard(reason)
-            self._on_pause_change(reason, -1)
-            if not part.paused:
-                self._resume(tp, part.next_offset)
+        if reason not in part.held:
+            return
+        part.held.discard(reason)
+        self._on_pause_change(reason, -1)
+        if reason not in _FETCHING and not part.held - _FETCHING:
+            self._resume(tp, part.next_offset)

@@ -218,12 +218,7 @@ class Pipeline:
         """Run the handler over ``works``: events with the same key in offset order, and up to
         ``spec.concurrency`` keys at once (one at a time when concurrency is 1)."""
         if self.spec.concurrency == 1:
-            timer = CallTimer(self.spec.timeout_seconds)
-            try:
-                for work in works:
-                    await self._handle(work, timer)
-            finally:
-                timer.close()
+            await self._handle_chain(works)
             return
         chains: dict[object, list[_Work]] = {}
         for work in works:
@@ -233,14 +228,18 @@ class Pipeline:
 
         async def run_chain(chain: list[_Work]) -> None:
             async with slots:
-                timer = CallTimer(self.spec.timeout_seconds)
-                try:
-                    for work in chain:
-                        await self._handle(work, timer)
-                finally:
-                    timer.close()
+                await self._handle_chain(chain)
 
         await asyncio.gather(*(run_chain(chain) for chain in chains.values()))
+
+    async def _handle_chain(self, works: list[_Work]) -> None:
+        """One after another in this task, each call limited by one timer for them all."""
+        timer = CallTimer(self.spec.timeout_seconds)
+        try:
+            for work in works:
+                await self._handle(work, timer)
+        finally:
+            timer.close()
 
     async def _handle(self, work: _Work, timer: CallTimer) -> None:
         record = work.record

@@ -26,7 +26,7 @@ def test_bench_runs_every_variant_over_every_event(
 ) -> None:
     out = tmp_path / "bench.json"
     options = BenchOptions(events=EVENTS, partitions=3, payload_bytes=200, json_path=out, state_dir=tmp_path,
-                           latency=True, soak_seconds=SOAK_SECONDS, soak_rate=SOAK_RATE)
+                           latency=True, paced_seconds=3.0, soak_seconds=SOAK_SECONDS, soak_rate=SOAK_RATE)
     status = bench_command(options, environ=backend.env())
     table = capsys.readouterr().out
     document = orjson.loads(out.read_bytes())
@@ -59,11 +59,13 @@ def test_bench_runs_every_variant_over_every_event(
     latency, retry, soak = document["latency"], document["retry_path"], document["soak"]
     assert latency["events"] == latency["distinct"] > 0
     assert latency["e2e_p99_ms"] is not None
+    assert latency["broker_p99_ms"] is not None
     assert retry["events"] == retry["distinct"] > 0
     assert retry["early"] == 0
     assert 0 <= retry["lateness_p50_ms"] <= retry["lateness_p99_ms"] <= retry["lateness_max_ms"]
     assert soak["events"] == soak["distinct"] == int(SOAK_RATE * SOAK_SECONDS)
     assert len(soak["rss_samples"]) >= 2
     assert soak["rss_slope_mb_per_hour"] is not None
+    assert soak["broker_p99_ms"] is not None
     assert "retry path (c at" in table
     assert "soak (c at" in table

@@ -118,11 +118,13 @@ def test_table_shows_missing_values_as_dashes_and_failures_as_such() -> None:
 
 def test_table_shows_the_latency_mode() -> None:
     latency = br.LatencyResult(target_rate=2000.0, achieved_rate=1999.0, events=N, distinct=N, e2e_p50_ms=12.0,
-                               e2e_p99_ms=48.5, processing_p50_ms=4.0, processing_p99_ms=9.0)
+                               e2e_p99_ms=48.5, processing_p50_ms=4.0, processing_p99_ms=9.0, broker_p50_ms=7.0,
+                               broker_p99_ms=31.0)
     with_latency = report(ok_row(br.PIPELINE, 4_000.0), latency=latency)
     text = br.render_table(with_latency)
     assert "latency mode (c at 2000/s" in text
     assert "p99 48.5 ms" in text
+    assert "the broker alone (the same inputs read by a plain consumer) p50 7.0 ms, p99 31.0 ms" in text
     assert orjson.loads(orjson.dumps(with_latency.as_json()))["latency"] == dataclasses.asdict(latency)
 
 
@@ -180,7 +182,7 @@ def test_table_and_json_show_the_retry_path_and_the_soak() -> None:
     paced = dataclasses.replace(FULL, retry_path=RETRY, soak=SOAK)
     text = br.render_table(paced)
     assert "retry path (c at 1000/s" in text
-    assert "started before due 0; lateness after due p50 3.0 ms, p99 41.5 ms, max 60.0 ms" in text
+    assert "started before due 0; lateness after due (after 0s) p50 3.0 ms, p99 41.5 ms, max 60.0 ms" in text
     assert "soak (c at 2000/s for 600s" in text
     assert "slope after warm-up +1.5 MB/h" in text
     document = orjson.loads(orjson.dumps(paced.as_json()))

@@ -175,25 +175,40 @@ async def test_partitions_run_independently() -> None:
     await q.drain(1.0)
 
 
-async def test_not_due_record_pauses_its_partition_until_due_while_others_run() -> None:
+async def test_not_due_record_holds_its_partition_until_due_while_others_run() -> None:
     clock = FakeClock(1_000.0)
     r = Recorder(clock)
     q = r.queues(clock=clock)
     due_ms = 1_000_000 + 50  # 50 ms ahead of the fake clock
     q.put(0, [rec(0, 7, due_ms=due_ms)])
-    await until(lambda: r.pauses == [0])
+    await until(lambda: q.held("not_due") == 1)
     q.put(1, [rec(1, 3)])  # another partition goes on meanwhile
     await until(lambda: r.acks == [(1, 3)])
     await asyncio.sleep(0.2)  # several times the delay in real time, but the clock has not moved
     assert r.offsets(0) == []
-    assert r.resumes == []
+    # Held, not paused: the consumer keeps fetching what is behind it (due later), so no seek is needed.
+    assert r.pauses == []
     clock.now = 1_000.05
     await until(lambda: (0, 7) in r.acks)
     assert r.offsets(0) == [7]
     assert r.run_times[-1] * 1000 >= due_ms
-    assert r.resumes == [(0, 8)]  # the next offset the queue expects
-    assert ("not_due", 1) in r.pause_changes
-    assert ("not_due", -1) in r.pause_changes
+    assert r.resumes == []
+    assert r.pause_changes == [("not_due", 1), ("not_due", -1)]
+    await q.drain(1.0)
+
+
+async def test_a_not_due_partition_that_reaches_high_water_is_paused_and_resumed_once_drained() -> None:
+    clock = FakeClock(1_000.0)
+    r = Recorder(clock)
+    q = r.queues(clock=clock, high_water=4)  # low water: 2
+    q.put(0, [rec(0, offset, due_ms=1_000_000 + 30) for offset in range(4)])
+    await until(lambda: q.held("not_due") == 1)
+    assert r.pauses == [0]
+    assert q.held("backpressure") == 1
+    clock.now = 1_000.03
+    await until(lambda: len(r.acks) == 4)
+    assert r.resumes == [(0, 4)]
+    assert q.held("not_due") == q.held("backpressure") == 0
     await q.drain(1.0)
 
 
@@ -203,7 +218,7 @@ async def test_a_due_record_behind_a_not_due_one_waits_for_it() -> None:
     q = r.queues(clock=clock)
     q.put(0, [rec(0, 0, due_ms=1_000_000 + 30)])
     q.put(0, [rec(0, 1)])
-    await until(lambda: r.pauses == [0])
+    await until(lambda: q.held("not_due") == 1)
     await asyncio.sleep(0.1)
     assert r.runs == []
     clock.now = 1_000.03
@@ -247,12 +262,12 @@ async def test_revoke_forgets_the_partition_but_lets_the_batch_in_flight_ack() -
     await q.drain(1.0)
 
 
-async def test_revoke_reports_its_pauses_as_released() -> None:
+async def test_revoke_reports_its_holds_as_released() -> None:
     clock = FakeClock(1_000.0)
     r = Recorder(clock)
     q = r.queues(clock=clock)
     q.put(0, [rec(0, 0, due_ms=2_000_000)])
-    await until(lambda: r.pauses == [0])
+    await until(lambda: q.held("not_due") == 1)
     assert q.held("not_due") == 1
     q.revoke([0])
     assert q.held("not_due") == 0
