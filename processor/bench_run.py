@@ -118,6 +118,15 @@ class OutputReader:
             if self._keep_values:
                 self.values.append(msg.value() or b"")
 
+    def catch_up(self, quiet_seconds: float = 1.0) -> None:
+        """Poll until nothing new has come for ``quiet_seconds``."""
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < quiet_seconds:
+            before = self.count
+            self.poll(0.1)
+            if self.count != before:
+                quiet_since = time.monotonic()
+
     def close(self) -> None:
         self._consumer.close()
 

@@ -40,7 +40,7 @@ def run_soak(run: Run, log_dir: Path, *, seconds: float, rate: float, payload_by
     events = max(1, int(rate * seconds))
     with paced_worker(run, log_dir, f"{PIPELINE}-soak", "processor pipeline soak", keep_every=KEEP_EVERY) as worker:
         # As in the latency run, the inputs read by a plain consumer give the broker's own share of e2e.
-        source = OutputReader(run.settings, worker.source, run.partitions, keep_every=KEEP_EVERY)
+        source = OutputReader(run.settings, worker.source, 1, keep_every=KEEP_EVERY)  # partition 0, as there
         samples: list[tuple[float, float]] = []  # (seconds since the load began, RSS MB)
         started = time.monotonic()
         next_sample = started
@@ -57,8 +57,7 @@ def run_soak(run: Run, log_dir: Path, *, seconds: float, rate: float, payload_by
         try:
             inputs, achieved = produce_paced(run, worker.source, events, rate, payload_bytes, between)
             worker.wait_outputs(events, run.timeout_seconds)
-            while source.count < events:
-                source.poll(0.1)
+            source.catch_up()
         finally:
             source.close()
         samples.append((time.monotonic() - started, rss_kb(worker.proc.pid) / 1024))
