@@ -92,6 +92,8 @@ class BenchOptions:
     only: frozenset[str] | None = None  # variant keys to run; None: all of them
     paced_seconds: float = 10.0  # how long the latency and retry-path runs produce
     soak_seconds: float = 0.0  # 0: no soak
+    # The embedded broker keeps every record in memory and slows down as its topics grow (its CPU reached
+    # 120% late in 10-minute soaks): 2000/s for 10 minutes is what it carried here.
     soak_rate: float = 2000.0
 
     @property

@@ -140,8 +140,6 @@ class SoakResult:
     rss_slope_mb_per_hour: float | None
     e2e_p50_ms: float | None
     e2e_p99_ms: float | None
-    broker_p50_ms: float | None = None  # the inputs read by a plain consumer, as in LatencyResult
-    broker_p99_ms: float | None = None
     rss_samples: tuple[tuple[float, float], ...] = ()
 
 
@@ -254,8 +252,7 @@ def render_table(report: Report) -> str:
             f"soak (c at {soak.target_rate:.0f}/s for {soak.seconds:.0f}s, achieved {soak.achieved_rate:.0f}/s, "
             f"{soak.events} outputs of {soak.distinct} distinct events): RSS {soak.rss_first_mb:.1f} MB at start, "
             f"{_mb(soak.rss_fit_start_mb)} after warm-up, {soak.rss_last_mb:.1f} MB at the end; slope after "
-            f"warm-up {slope}; e2e p50 {_ms(soak.e2e_p50_ms)}, p99 {_ms(soak.e2e_p99_ms)}; the broker alone p50 "
-            f"{_ms(soak.broker_p50_ms)}, p99 {_ms(soak.broker_p99_ms)}"
+            f"warm-up {slope}; e2e p50 {_ms(soak.e2e_p50_ms)}, p99 {_ms(soak.e2e_p99_ms)}"
         )
     notes = [f"({row.key}) {row.note}" for row in report.rows if row.status == OK and row.note]
     for note in (*notes, *report.notes):

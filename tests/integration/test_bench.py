@@ -66,6 +66,5 @@ def test_bench_runs_every_variant_over_every_event(
     assert soak["events"] == soak["distinct"] == int(SOAK_RATE * SOAK_SECONDS)
     assert len(soak["rss_samples"]) >= 2
     assert soak["rss_slope_mb_per_hour"] is not None
-    assert soak["broker_p99_ms"] is not None
     assert "retry path (c at" in table
     assert "soak (c at" in table

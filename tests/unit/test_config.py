@@ -15,6 +15,7 @@ def test_defaults_without_environment() -> None:
     assert settings.metrics_port == 9100
     assert settings.metrics_host == "127.0.0.1"
     assert settings.traces_exporter == "none"
+    assert settings.kafka_fetch_max_wait_ms == 100
 
 
 def test_flags_override_environment_which_overrides_defaults() -> None:
@@ -37,6 +38,7 @@ def test_flags_override_environment_which_overrides_defaults() -> None:
         ({"KAFKA_SSL_CA_LOCATION": "/no/such/ca.pem"}, "KAFKA_SSL_CA_LOCATION: no such file"),
         ({"OTEL_TRACES_SAMPLER_ARG": "2"}, "OTEL_TRACES_SAMPLER_ARG: '2' must be between 0 and 1"),
         ({"PROCESSOR_LOG_LEVEL": "loud"}, "PROCESSOR_LOG_LEVEL: 'loud' is not one of"),
+        ({"KAFKA_FETCH_MAX_WAIT_MS": "0"}, "KAFKA_FETCH_MAX_WAIT_MS: '0' is not a whole number >= 1"),
     ],
 )
 def test_bad_values_name_the_setting(env: dict[str, str], message: str) -> None:
