@@ -11,30 +11,14 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from processor.errors import DependencyUnavailable
-
-
-@dataclass(frozen=True)
-class Record:
-    """One record read back."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-    key: bytes | None
-    value: bytes | None
-    headers: Mapping[str, bytes] = field(default_factory=dict)
-
-    def header(self, name: str) -> str | None:
-        raw = self.headers.get(name)
-        return raw.decode("utf-8", "replace") if raw is not None else None
+from processor.pipeline import InRecord
 
 
 class TopicReader:
@@ -48,7 +32,7 @@ class TopicReader:
         self._topics = list(topics)
         self._assigned: set[tuple[str, int]] = set()
         self._at_end: set[tuple[str, int]] = set()
-        self.records: list[Record] = []  # everything read so far
+        self.records: list[InRecord] = []  # everything read so far
 
     def _assign_new(self) -> None:
         metadata = self._consumer.list_topics(timeout=10).topics
@@ -58,12 +42,12 @@ class TopicReader:
             self._consumer.incremental_assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in new])
             self._assigned.update(new)
 
-    def catch_up(self, timeout_seconds: float = 30.0, quiet_seconds: float = 1.0) -> list[Record]:
+    def catch_up(self, timeout_seconds: float = 30.0, quiet_seconds: float = 1.0) -> list[InRecord]:
         """Every record that arrived since the last call: until every partition has reported its end and
         nothing new came for ``quiet_seconds`` (the end-of-partition event comes once per arrival at the
         end, so a partition stays "at its end" until a record arrives on it)."""
         self._assign_new()
-        out: list[Record] = []
+        out: list[InRecord] = []
         deadline = time.monotonic() + timeout_seconds
         quiet_since = time.monotonic()
         while True:
@@ -84,7 +68,7 @@ class TopicReader:
             self._at_end.discard(where)
             quiet_since = time.monotonic()
             pairs = cast(list[tuple[str, Any]], msg.headers() or [])
-            out.append(Record(where[0], where[1], msg.offset() or 0, msg.timestamp()[1], msg.key(), msg.value(),
+            out.append(InRecord(where[0], where[1], msg.offset() or 0, msg.timestamp()[1], msg.key(), msg.value(),
                               {k: v for k, v in pairs if isinstance(v, bytes)}))
         self.records += out
         return out

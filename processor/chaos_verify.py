@@ -23,8 +23,9 @@ from dataclasses import dataclass
 import orjson
 
 from processor import headers as h
-from processor.chaos_read import Ledger, Record
+from processor.chaos_read import Ledger
 from processor.chaos_workload import INPUT_HEADER, PROCESS, Input
+from processor.pipeline import InRecord
 from processor.topology import HandlerSpec
 
 
@@ -75,21 +76,21 @@ def _ours(uid: str | None, run_id: str) -> bool:
     return uid is not None and uid.startswith(run_id + "-")
 
 
-def _output_id(record: Record) -> str | None:
+def _output_id(record: InRecord) -> str | None:
     try:
         value = orjson.loads(record.value or b"")
     except orjson.JSONDecodeError:
-        return record.header(h.EVENT_ID)
+        return h.text(record.headers, h.EVENT_ID)
     event_id = value.get("event_id") if isinstance(value, dict) else None
-    return str(event_id) if event_id is not None else record.header(h.EVENT_ID)
+    return str(event_id) if event_id is not None else h.text(record.headers, h.EVENT_ID)
 
 
-def failure_uid(record: Record) -> str | None:
+def failure_uid(record: InRecord) -> str | None:
     """The unit of a retry or dead-letter record: its event id, else the input id it carries."""
-    return record.header(h.EVENT_ID) or record.header(INPUT_HEADER)
+    return h.text(record.headers, h.EVENT_ID) or h.text(record.headers, INPUT_HEADER)
 
 
-def account(spec: HandlerSpec, units: Mapping[str, Unit], records: Sequence[Record], run_id: str) -> HandlerAccount:
+def account(spec: HandlerSpec, units: Mapping[str, Unit], records: Sequence[InRecord], run_id: str) -> HandlerAccount:
     """Hold one handler's outputs, retries and dead letters against the units."""
     outputs, dead, retried = Counter[str](), Counter[str](), set[str]()
     reasons: dict[str, set[str]] = defaultdict(set)
@@ -101,7 +102,7 @@ def account(spec: HandlerSpec, units: Mapping[str, Unit], records: Sequence[Reco
             if not _ours(uid, run_id) or uid is None:
                 continue
             outputs[uid] += 1
-            bad_headers += record.header(h.EVENT_ID) != uid
+            bad_headers += h.text(record.headers, h.EVENT_ID) != uid
         elif record.topic == spec.dlq_topic or record.topic in spec.retry_topics:
             uid = failure_uid(record)
             if not _ours(uid, run_id) or uid is None:
@@ -111,7 +112,7 @@ def account(spec: HandlerSpec, units: Mapping[str, Unit], records: Sequence[Reco
                 retried.add(uid)
                 continue
             dead[uid] += 1
-            reasons[uid].add(record.header(h.REASON) or "?")
+            reasons[uid].add(h.text(record.headers, h.REASON) or "?")
         else:
             continue
         done_at[uid] = min(done_at.get(uid, math.inf), record.timestamp_ms / 1000)

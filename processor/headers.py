@@ -60,6 +60,12 @@ def attempts_of(headers: Mapping[str, bytes]) -> int:
     return int(raw) if raw else 0
 
 
+def text(headers: Mapping[str, bytes], name: str) -> str | None:
+    """A header's value as text (undecodable bytes replaced), or None when absent."""
+    raw = headers.get(name)
+    return raw.decode("utf-8", "replace") if raw is not None else None
+
+
 def due_at_ms(headers: Mapping[str, bytes]) -> int:
     raw = headers.get(DUE_AT_MS)
     return int(raw) if raw else 0

@@ -9,10 +9,11 @@ import orjson
 
 from processor import headers as h
 from processor.chaos_metrics import crash_tolerance, ever, increase, max_lag, total, window_quantile
-from processor.chaos_read import Ledger, Record
+from processor.chaos_read import Ledger
 from processor.chaos_record import Sample, Series
 from processor.chaos_verify import Unit, account, account_effects, recovery_seconds, steady_bound, units_of
 from processor.chaos_workload import INPUT_HEADER, PROCESS, Input
+from processor.pipeline import InRecord
 from processor.scrape import Scrape
 from processor.topology import load_topology
 
@@ -20,14 +21,14 @@ RUN = "run1"
 SPEC = load_topology("topologies.orders").get("charge_payment")
 
 
-def output(event_id: str, at: float = 10.0, header: str | None = None) -> Record:
-    return Record("payments.captured", 0, 0, int(at * 1000), None, orjson.dumps({"event_id": event_id}),
+def output(event_id: str, at: float = 10.0, header: str | None = None) -> InRecord:
+    return InRecord("payments.captured", 0, 0, int(at * 1000), None, orjson.dumps({"event_id": event_id}),
                   {h.EVENT_ID: (header or event_id).encode()})
 
 
-def dead(uid_header: str, value: str, reason: str, at: float = 10.0) -> Record:
+def dead(uid_header: str, value: str, reason: str, at: float = 10.0) -> InRecord:
     headers = {uid_header: value.encode(), h.REASON: reason.encode()}
-    return Record(SPEC.dlq_topic, 0, 0, int(at * 1000), None, b"x", headers)
+    return InRecord(SPEC.dlq_topic, 0, 0, int(at * 1000), None, b"x", headers)
 
 
 def units(*specs: tuple[str, str]) -> dict[str, Unit]:
@@ -52,7 +53,7 @@ def test_account_finds_lost_repeated_and_wrongly_dead_lettered_units() -> None:
         dead(h.EVENT_ID, "run1-e1", "retries_exhausted"),  # a valid event may end in the DLQ
         dead(INPUT_HEADER, "run1-bad", "invalid_json"),
         dead(INPUT_HEADER, "run1-bad2", "invalid_json"),  # the wrong reason
-        Record(SPEC.retry_topics[0], 0, 0, 0, None, b"", {h.EVENT_ID: b"run1-e1"}),
+        InRecord(SPEC.retry_topics[0], 0, 0, 0, None, b"", {h.EVENT_ID: b"run1-e1"}),
         output("otherrun-e5"),  # another run's output is not ours
     ]
     got = account(SPEC, want, records, RUN)
@@ -71,7 +72,7 @@ def test_account_finds_lost_repeated_and_wrongly_dead_lettered_units() -> None:
 def test_effects_tell_duplicates_and_explained_re_runs() -> None:
     want = units(("run1-e0", PROCESS), ("run1-e1", PROCESS))
     accounted = account(SPEC, want, [output("run1-e0"), output("run1-e1"),
-                                     Record(SPEC.retry_topics[0], 0, 0, 0, None, b"", {h.EVENT_ID: b"run1-e1"})], RUN)
+                                     InRecord(SPEC.retry_topics[0], 0, 0, 0, None, b"", {h.EVENT_ID: b"run1-e1"})], RUN)
     ledger = Ledger(completed={"run1-e0": 2, "run1-e1": 2}, effects={"run1-e0": 1, "run1-e1": 1, "run1-e7": 2})
     got = account_effects("charge_payment", ledger, accounted, crash=False)
     assert got.duplicated == 1
