@@ -2,7 +2,7 @@
 pages it should raise (or none), and the checks that show its fault really happened.
 
 Sizes and times are chosen for the embedded stack: a three-handler worker takes ~20 s to join its groups,
-a crashed replica's in-flight claims wait out the 30 s claim lease, and the slowest retry tier of
+a crashed replica's in-flight claims wait out the 10 s claim lease, and the slowest retry tier of
 ``topologies.orders`` is 30 s. ``quick`` marks the bounded subset ``make test`` runs.
 """
 
@@ -109,7 +109,7 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     Experiment(
         "sigkill-replica",
         "a replica killed mid-stream and replaced: its partitions move, its in-flight events run again after "
-        "the 30 s claim lease with their side effects once (idempotency keys); no page",
+        "the 10 s claim lease with their side effects once (idempotency keys); no page",
         KillReplica(at=4.0, restart_after=1.0), quick=True,
         # 10 ms calls: the killed replica most likely has handlers mid-call (the crash window is exercised),
         # while a backlog batch of 500 at concurrency 16 still takes under the 500 ms objective.
@@ -134,7 +134,7 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     ),
     Experiment(
         "redis-pause",
-        "Redis frozen (SIGSTOP) for 35 s, longer than the 30 s claim lease: workers report it down and wait; "
+        "Redis frozen (SIGSTOP) for 35 s, longer than the 10 s claim lease: workers report it down and wait; "
         "afterwards nothing is lost and no side effect happens twice; no page but the catch-up's latency burn",
         Pause(service="redis", at=5.0, seconds=35.0), events=2250, duration=45.0, time_limit=360.0,
         may_page=frozenset({LATENCY_BURN}), notes=(CATCH_UP,),

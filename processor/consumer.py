@@ -54,8 +54,14 @@ class BatchConsumer(faust_aiokafka.Consumer):
         try:
             while not (consumer_stopped() or fetcher_stopped()):
                 records, _ = await self._wait_next_records(1.0)
-                if not records or self.should_stop or not self.flow_active:
-                    continue  # a rebalance began while fetching: the new assignment fetches again
+                if not records or self.should_stop:
+                    continue
+                if not self.flow_active:
+                    # A rebalance is under way (or just ended: Faust resumes the flow after seeking to the
+                    # committed offsets). These records moved the fetch position past them, so dropping
+                    # them without a seek back would skip them for good; Faust's own getmany seeks too.
+                    await self._seek_back()
+                    continue
                 # Paused or revoked while the fetch was under way: dropped, fetched again on resume.
                 active = self._get_active_partitions()
                 for tp, batch in records.items():
@@ -77,6 +83,12 @@ class BatchConsumer(faust_aiokafka.Consumer):
         except self.consumer_stopped_errors:
             if not self.transport.app.should_stop:
                 raise
+
+    async def _seek_back(self) -> None:
+        try:
+            await self.perform_seek()
+        except Exception as exc:  # the rebalance under way seeks the partitions it assigns anyway
+            self.log.warning("seeking back to the committed offsets after a fetch during a rebalance: %r", exc)
 
     def ack_offsets(self, tp: TP, offsets: Sequence[int]) -> None:
         """Acknowledge processed offsets of ``tp``: what ``Consumer.ack`` does per message, for a batch."""

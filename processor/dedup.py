@@ -9,6 +9,10 @@ One key per (topology, handler, event id) walks through these states::
     "r|..." --claim after the deadline-->    taken over: another worker produces the stored outputs
     "c|token" --release--> (absent)          the handler failed: the retry copy may claim it again
 
+While its batch runs, a worker renews the lease of its claims and stored results every third of the
+lease (``Dedup.holding``): a live batch keeps its events however long its handlers take, and a dead
+worker's events are free one lease after its last renewal, whatever the handlers' timeouts.
+
 A token names one batch of one worker (``Dedup.new_token``). A claim call retried after a timeout may find
 its own first attempt already applied (Redis ran the script after the client gave up): the same token
 recognises it as ours, while another batch of the same worker (a copy of the event on another partition)
@@ -25,10 +29,11 @@ until Redis answers again, and reports the dependency as down meanwhile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import itertools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -41,7 +46,8 @@ T = TypeVar("T")
 
 # KEYS[i]: one per event. ARGV: token, lease_ms. Returns {codes, payload, payload, ...}: one status letter
 # per key (c claimed, d done, s stored, b busy), then the stored outputs of each 's', in order. One string
-# rather than a pair per key: the client parses two replies per batch instead of two per event.
+# rather than a pair per key: the client parses two replies per batch instead of two per event. Stops at
+# the first busy key (see Dedup.claim): the codes may be fewer than the keys.
 _CLAIM = """
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -65,9 +71,11 @@ for i, key in ipairs(KEYS) do
       out[#out + 1] = payload
     else
       codes[i] = 'b'
+      break
     end
   else
     codes[i] = 'b'
+    break
   end
 end
 out[1] = table.concat(codes)
@@ -89,6 +97,24 @@ return #KEYS
 _DONE = """
 for _, key in ipairs(KEYS) do
   redis.call('SET', key, 'd', 'EX', ARGV[1])
+end
+return #KEYS
+"""
+
+# KEYS[i]: one per event; ARGV: token, lease_ms. Extends the claims and stored-results deadlines this batch
+# holds; any other state (done, released, someone else's) is left as it is.
+_RENEW = """
+local now = redis.call('TIME')
+local deadline = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[2])
+local stored = 'r|' .. ARGV[1] .. '|'
+for _, key in ipairs(KEYS) do
+  local v = redis.call('GET', key)
+  if v == 'c|' .. ARGV[1] then
+    redis.call('PEXPIRE', key, ARGV[2])
+  elseif v and string.sub(v, 1, #stored) == stored then
+    local payload = string.match(v, '^r|[^|]*|%d+|(.*)$')
+    redis.call('SET', key, stored .. deadline .. '|' .. payload, 'KEEPTTL')
+  end
 end
 return #KEYS
 """
@@ -125,6 +151,7 @@ class ClaimResult:
 
 
 _RESULTS = {c.value: ClaimResult(c) for c in Claim}
+_BUSY = _RESULTS[Claim.BUSY.value]
 
 
 class Dedup:
@@ -153,6 +180,7 @@ class Dedup:
         self._store = client.register_script(_STORE)
         self._release = client.register_script(_RELEASE)
         self._done = client.register_script(_DONE)
+        self._renew = client.register_script(_RENEW)
 
     def new_token(self) -> str:
         """A claim token for one batch: this worker's id and a sequence number."""
@@ -162,16 +190,37 @@ class Dedup:
         return dedup_key(self._group, event_id)
 
     async def claim(self, event_ids: Sequence[str], token: str) -> list[ClaimResult]:
-        """Claim every id for the batch ``token``; one result per id, in order."""
+        """Claim every id for the batch ``token``; one result per id, in order.
+
+        Ids are claimed in sorted order, and none after the first busy one (those are reported busy as
+        well): a batch that waits for an id then holds only ids below it, so two batches (on this
+        replica or others) can never each hold an id the other waits for."""
         if not event_ids:
             return []
-        keys = [self.key(i) for i in event_ids]
+        ordered = sorted(range(len(event_ids)), key=event_ids.__getitem__)
+        keys = [self.key(event_ids[i]) for i in ordered]
         raw: list[bytes] = await self._call(lambda: self._claim(keys=keys, args=[token, self._lease_ms]))
         stored = iter(raw[1:])
-        return [
-            ClaimResult(Claim.STORED, next(stored)) if code == "s" else _RESULTS[code]
-            for code in raw[0].decode()
-        ]
+        results = [_BUSY] * len(event_ids)
+        for index, code in zip(ordered, raw[0].decode(), strict=False):  # codes stop at the first busy
+            results[index] = ClaimResult(Claim.STORED, next(stored)) if code == "s" else _RESULTS[code]
+        return results
+
+    @contextlib.asynccontextmanager
+    async def holding(self, event_ids: Sequence[str], token: str) -> AsyncIterator[None]:
+        """While the block runs, renew the lease of whatever the batch ``token`` holds among ``event_ids``
+        (claims, stored results), every third of the lease."""
+        renewing = asyncio.get_running_loop().create_task(self._keep(event_ids, token))
+        try:
+            yield
+        finally:
+            renewing.cancel()
+
+    async def _keep(self, event_ids: Sequence[str], token: str) -> None:
+        keys = [self.key(i) for i in event_ids]
+        while True:
+            await asyncio.sleep(self._lease_ms / 3000)
+            await self._call(lambda: self._renew(keys=keys, args=[token, self._lease_ms]))
 
     async def store_results(self, results: Sequence[tuple[str, bytes]], token: str) -> None:
         """Record (event id, encoded outputs) for handlers that succeeded, before producing them."""

@@ -7,12 +7,16 @@ goes on meanwhile (the records behind are due later, and are then at hand withou
 a queue that grows past ``high_water`` pauses its partition at the consumer, until it drains below
 ``low_water``, and so does the breaker (``pause_all``).
 
-A batch is at most ``max_batch`` records, and fewer when records are slow: the queues keep a moving
-average of a batch's run time per record and size batches to take about ``batch_seconds``, but never
-below ``min_batch`` (the handler's concurrency, which a smaller batch could not use). An event's
-processing time ends when its whole batch is delivered, so 500 calls of 10 ms in one batch would make
-each of them look like 5 s; fast handlers still get full batches, where the fixed cost per batch (a Redis
-round trip per step, the broker's acks) is shared by the most records.
+A batch is at most ``max_batch`` records, and fewer when records are slow: ``run`` returns the seconds
+per record a batch spent on work that grows with its size (its handler calls; None when no record ran
+one, as in a batch of redelivered duplicates), the queues keep a moving average of it and size batches
+so that this work comes to about ``batch_seconds``, but never below ``min_batch`` (the handler's
+concurrency, which a smaller batch could not use). An event's processing
+time ends when its whole batch is delivered, so 500 calls of 10 ms in one batch would make each of them
+look like 5 s. The fixed cost of a batch (a Redis round trip per step, the broker's acks) and waits for
+another worker's claims do not count: they do not shrink with the batch, and counting them made a loaded
+machine (slower round trips) shrink batches, which multiplied the round trips: a spiral to batches of
+``min_batch`` and a fraction of the throughput.
 
 Pausing may make the consumer drop records it had already fetched for the partition (Faust does), so
 ``resume`` is told the next offset the queue expects, and the caller seeks there; a record delivered
@@ -55,7 +59,7 @@ class PartitionQueues(Generic[TP]):
 
     def __init__(
         self,
-        run: Callable[[Sequence[InRecord]], Awaitable[None]],
+        run: Callable[[Sequence[InRecord]], Awaitable[float | None]],
         ack: Callable[[TP, Sequence[InRecord]], None],
         pause: Callable[[TP], None],
         resume: Callable[[TP, int], None],
@@ -64,6 +68,7 @@ class PartitionQueues(Generic[TP]):
         batch_seconds: float = 0.1,
         min_batch: int = 1,
         high_water: int = 5000,
+        stuck_seconds: float = 30.0,
         clock: Callable[[], float] = time.time,
         on_pause_change: Callable[[str, int], None] = lambda reason, delta: None,
     ) -> None:
@@ -74,9 +79,10 @@ class PartitionQueues(Generic[TP]):
         self._max_batch = max_batch
         self._batch_seconds = batch_seconds
         self._min_batch = min(min_batch, max_batch)
-        self._per_record: float | None = None  # moving average of a batch's run time per record
+        self._per_record: float | None = None  # moving average of a batch's sized work per record
         self._high_water = high_water
         self._low_water = high_water // 2
+        self._stuck_seconds = stuck_seconds
         self._clock = clock
         self._on_pause_change = on_pause_change
         self._partitions: dict[TP, _Partition] = {}
@@ -100,7 +106,8 @@ class PartitionQueues(Generic[TP]):
             self._hold(tp, part, "backpressure")
 
     def revoke(self, tps: Sequence[TP]) -> None:
-        """Forget revoked partitions: their unacked records will be delivered again to the new owner."""
+        """Forget revoked partitions: their unacked records (and those of a batch still in flight) will be
+        delivered again to the new owner."""
         for tp in tps:
             part = self._partitions.pop(tp, None)
             if part is None:
@@ -110,7 +117,8 @@ class PartitionQueues(Generic[TP]):
                 self._on_pause_change(reason, -1)
             part.held.clear()
             if part.task is not None:
-                # A batch in flight finishes (its claims keep others off its events); only the wait ends.
+                # A batch in flight finishes, unacked (its claims keep others off its events until it is
+                # done); only the wait ends.
                 part.task.cancel()
 
     async def drain(self, timeout_seconds: float) -> None:
@@ -149,10 +157,9 @@ class PartitionQueues(Generic[TP]):
                     continue
                 self._release(tp, part, "not_due")
                 batch = self._take_due(part, now_ms)  # the same "now": the head is due in both
-                # Shielded: a revoke during the batch must not cut it between produce and ack.
-                part.in_flight = asyncio.ensure_future(self._run_and_ack(tp, batch))
+                part.in_flight = asyncio.ensure_future(self._run_and_ack(tp, part, batch))
                 try:
-                    await asyncio.shield(part.in_flight)
+                    await self._finish(tp, batch, part.in_flight)
                 except Exception:
                     # A bug, not an event's failure (those are routed): keep the partition alive and run
                     # the same records again, unacked, rather than stop consuming it in silence.
@@ -166,13 +173,29 @@ class PartitionQueues(Generic[TP]):
                 if len(part.queue) < self._low_water:
                     self._release(tp, part, "backpressure")
 
-    async def _run_and_ack(self, tp: TP, batch: list[InRecord]) -> None:
-        started = self._clock()
-        await self._run(batch)
-        self._ack(tp, batch)
-        per_record = (self._clock() - started) / len(batch)
-        average = self._per_record
-        self._per_record = per_record if average is None else 0.7 * average + 0.3 * per_record
+    async def _finish(self, tp: TP, batch: list[InRecord], in_flight: asyncio.Future[None]) -> None:
+        """Wait for a batch to finish, with a warning every ``stuck_seconds`` it runs: a batch that hangs
+        (a handler without a timeout, an unanswered produce) stops its partition, and lag does not say why."""
+        started = time.monotonic()
+        # asyncio.wait, not wait_for: a revoke cancels this wait, never the batch, which must not be cut
+        # between produce and ack.
+        while not (await asyncio.wait({in_flight}, timeout=self._stuck_seconds))[0]:
+            log.warning(
+                "a batch of %d records from %s (offsets %d-%d) has been running for %.0f s",
+                len(batch), tp, batch[0].offset, batch[-1].offset, time.monotonic() - started,
+            )
+        in_flight.result()
+
+    async def _run_and_ack(self, tp: TP, part: _Partition, batch: list[InRecord]) -> None:
+        per_record = await self._run(batch)
+        if self._partitions.get(tp) is part:
+            # Not after a revoke: the offsets belong to the next assignment, which reads from the committed
+            # offset (its owner skips these events as done); a stale ack there could be committed past
+            # records it has not run (Faust commits the first run of acked offsets it finds).
+            self._ack(tp, batch)
+        if per_record is not None:
+            average = self._per_record
+            self._per_record = per_record if average is None else 0.7 * average + 0.3 * per_record
 
     def batch_size(self) -> int:
         """How many records the next batch takes at most (see the module docstring)."""

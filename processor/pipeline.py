@@ -118,34 +118,42 @@ class Pipeline:
         self._redact = tuple(redact)
         self._labels = (topology, spec.name)
 
-    async def run(self, records: Sequence[InRecord]) -> None:
-        """Process ``records`` (one partition, in order) to completion; see the module docstring."""
+    async def run(self, records: Sequence[InRecord]) -> float | None:
+        """Process ``records`` (one partition, in order) to completion; see the module docstring.
+
+        Returns the batch's time in handler calls per event that ran its handler (None if none did):
+        the part of a batch's run time that grows with its size, by which the partition queues size
+        batches. Events that ran no handler (duplicates of done events) must not make it look cheap."""
         routed: list[OutRecord] = []  # retry and DLQ records
         sends: list[Span] = []  # send spans, ended once the broker has the records
         token = self._dedup.new_token()
         works = self._decode(records, routed, sends)
         works, duplicates = self._drop_batch_duplicates(works)
-        claimed, replayed, skipped = await self._claim(works, token)
-        duplicates += skipped
-        await self._handle_all(claimed)
-        succeeded = [w for w in claimed if w.error is None]
-        failed = [w for w in claimed if w.error is not None]
-        for work in failed:
-            assert work.error is not None
-            with self._log_context(work.record, work.event_id), self._in_span(work.span):
-                out = self._route(work.record, work.event_id, work.error, work.event)
-            routed.append(self._send_span(out, work.span, sends, failed=True))
-        for work in succeeded:
-            work.outputs = [self._send_span(out, work.span, sends) for out in work.outputs]
-        await self._dedup.store_results([(w.event_id, _encode_outputs(w.outputs)) for w in succeeded], token)
-        rejected = await self._deliver([*succeeded, *replayed], routed)
-        for span in sends:
-            span.end()
-        done = [w for w in (*succeeded, *replayed) if all(w is not r for r in rejected)]
-        await self._dedup.mark_done([w.event_id for w in done])
-        await self._dedup.release([w.event_id for w in failed], token)
-        await self._dedup.forget([w.event_id for w in rejected])
+        async with self._dedup.holding([w.event_id for w in works], token):
+            claimed, replayed, skipped = await self._claim(works, token)
+            duplicates += skipped
+            started = time.monotonic()
+            await self._handle_all(claimed)
+            per_event = (time.monotonic() - started) / len(claimed) if claimed else None
+            succeeded = [w for w in claimed if w.error is None]
+            failed = [w for w in claimed if w.error is not None]
+            for work in failed:
+                assert work.error is not None
+                with self._log_context(work.record, work.event_id), self._in_span(work.span):
+                    out = self._route(work.record, work.event_id, work.error, work.event)
+                routed.append(self._send_span(out, work.span, sends, failed=True))
+            for work in succeeded:
+                work.outputs = [self._send_span(out, work.span, sends) for out in work.outputs]
+            await self._dedup.store_results([(w.event_id, _encode_outputs(w.outputs)) for w in succeeded], token)
+            rejected = await self._deliver([*succeeded, *replayed], routed)
+            for span in sends:
+                span.end()
+            done = [w for w in (*succeeded, *replayed) if all(w is not r for r in rejected)]
+            await self._dedup.mark_done([w.event_id for w in done])
+            await self._dedup.release([w.event_id for w in failed], token)
+            await self._dedup.forget([w.event_id for w in rejected])
         self._record_done(done, duplicates)
+        return per_event
 
     # -- decode/validate -------------------------------------------------------------------------------
 
@@ -203,8 +211,10 @@ class Pipeline:
                 else:
                     busy.append(work)
             if busy:
-                # Another processor holds these ids (a copy on another partition, or a replica that is
-                # finishing before a rebalance): wait for its outcome, never process alongside it.
+                # Another processor holds these ids (a copy on another partition, or a batch from before a
+                # rebalance, here or on another replica): wait for its outcome, never process alongside it.
+                # Claims are taken in one order everywhere (Dedup.claim), so two waiting batches never
+                # hold what the other waits for.
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, 1.0)
             pending = busy

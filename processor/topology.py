@@ -100,7 +100,8 @@ class Topology:
 
     ``schemas_dir`` holds ``<schema>.json`` files; ``max_event_bytes`` bounds an input record;
     ``dedup_ttl_seconds`` is how long a processed event id is remembered; ``claim_lease_seconds`` how long
-    an in-flight claim protects an event from a second processor (it must exceed a batch's run time);
+    a dead worker's claims keep its in-flight events from another processor (a live worker renews its
+    claims while their batch runs, so this is the take-over time after a crash, not a limit on handlers);
     ``redact`` names event fields (at any depth) that never appear in logs.
     """
 
@@ -108,7 +109,9 @@ class Topology:
     schemas_dir: Path = field(default_factory=lambda: Path("schemas"))
     max_event_bytes: int = 1_048_576
     dedup_ttl_seconds: int = 7 * 24 * 3600
-    claim_lease_seconds: float = 30.0
+    # The same as the consumer group's session timeout (processor.worker): a crashed worker's events are
+    # free about when its partitions move.
+    claim_lease_seconds: float = 10.0
     partitions: int | None = None
     breakers: Mapping[str, BreakerConfig] = field(default_factory=dict)
     handlers: list[HandlerSpec] = field(default_factory=list)
@@ -119,6 +122,8 @@ class Topology:
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
             raise ConfigError(f"topology name {self.name!r} may hold only letters, digits, '.', '_', '-'")
+        if self.claim_lease_seconds <= 0:
+            raise ConfigError(f"topology {self.name}: claim_lease_seconds must be above 0")
         self.schemas_dir = Path(self.schemas_dir)
 
     def handler(
@@ -173,8 +178,6 @@ class Topology:
             raise ConfigError(f"handler {spec.name}: breaker {spec.breaker!r} is not in Topology(breakers=...)")
         if spec.concurrency < 1:
             raise ConfigError(f"handler {spec.name}: concurrency must be >= 1")
-        if spec.timeout_seconds >= self.claim_lease_seconds:
-            raise ConfigError(f"handler {spec.name}: timeout_seconds must be below claim_lease_seconds")
 
     def get(self, handler: str) -> HandlerSpec:
         for spec in self.handlers:

@@ -97,7 +97,8 @@ async def handle(event: dict[str, Any], ctx: Context) -> list[Output]:
 
 @asynccontextmanager
 async def harness(
-    backend: Backend, unique: str, sink: FakeSink | None = None, timeout_seconds: float = 10.0
+    backend: Backend, unique: str, sink: FakeSink | None = None, timeout_seconds: float = 10.0,
+    lease_seconds: float = 30.0,
 ) -> AsyncIterator[Harness]:
     topology = Topology(unique)
     topology.handler(source="orders", outputs=("out",), retry=Retry(delays=("1s", "10s")),
@@ -105,7 +106,7 @@ async def harness(
     spec = topology.get("handle")
     group = topology.group("handle")
     client = aioredis.Redis.from_url(backend.redis_url)
-    dedup = Dedup(client, group=group, owner="worker-1", lease_seconds=30, ttl_seconds=3600)
+    dedup = Dedup(client, group=group, owner="worker-1", lease_seconds=lease_seconds, ttl_seconds=3600)
     metrics = Metrics()
     calls: list[str] = []
     sink = sink or FakeSink()
@@ -332,6 +333,74 @@ async def test_stored_result_is_produced_without_running_the_handler(backend: Ba
         assert out == stored
         assert await hx.state("e1") == b"d"
         assert hx.count("success") == 1
+
+
+async def test_a_batch_running_past_the_lease_keeps_its_claim(backend: Backend, unique: str) -> None:
+    async with harness(backend, unique, lease_seconds=0.3) as hx:
+        other = Dedup(hx.redis, group=hx.group, owner="worker-2", lease_seconds=0.3, ttl_seconds=3600)
+        run = asyncio.create_task(hx.pipeline.run([record("e1", action="slow", sleep=1.5)]))
+        for _ in range(500):  # until the pipeline holds the claim
+            if (await hx.state("e1") or b"").startswith(b"c|"):
+                break
+            await asyncio.sleep(0.01)
+        seen = []
+        while not run.done():  # five leases: without renewal the claim would expire in the first
+            (result,) = await other.claim(["e1"], other.new_token())
+            seen.append(result.status)
+            await asyncio.sleep(0.05)
+        await run
+        assert len(seen) > 10
+        assert set(seen[:-1]) == {Claim.BUSY}  # the last may see the done-mark
+        assert hx.calls == ["e1"]
+        assert await hx.state("e1") == b"d"
+
+
+async def test_claims_stop_at_the_first_busy_id_in_sorted_order(backend: Backend, unique: str) -> None:
+    async with harness(backend, unique) as hx:
+        holder = Dedup(hx.redis, group=hx.group, owner="worker-2", lease_seconds=30, ttl_seconds=3600)
+        await holder.claim(["e2"], holder.new_token())
+        results = await hx.dedup.claim(["e3", "e2", "e1"], hx.dedup.new_token())
+        assert [r.status for r in results] == [Claim.BUSY, Claim.BUSY, Claim.CLAIMED]
+        assert await hx.state("e3") is None  # after the busy e2: not claimed while this batch waits
+
+
+async def test_batches_waiting_for_each_others_events_do_not_deadlock(backend: Backend, unique: str) -> None:
+    async with harness(backend, unique) as hx:
+        # e2 is held elsewhere (a batch from before a rebalance); the first batch claims e1 and waits for e2.
+        holder = Dedup(hx.redis, group=hx.group, owner="worker-2", lease_seconds=30, ttl_seconds=3600)
+        held = holder.new_token()
+        await holder.claim(["e2"], held)
+        first = asyncio.create_task(hx.pipeline.run([record("e1", offset=0), record("e2", offset=1)]))
+        for _ in range(500):  # until the first batch holds e1
+            if (await hx.state("e1") or b"").startswith(b"c|"):
+                break
+            await asyncio.sleep(0.01)
+        # e2 is freed, and a second batch with both events (the same partition after a rebalance) starts
+        # before the first asks again: had it claimed e2 while waiting for e1, each would wait for the other.
+        await holder.release(["e2"], held)
+        second = asyncio.create_task(hx.pipeline.run([record("e2", offset=5), record("e1", offset=6)]))
+        await asyncio.wait_for(asyncio.gather(first, second), timeout=20)
+        assert sorted(hx.calls) == ["e1", "e2"]
+        assert await hx.state("e1") == b"d"
+        assert await hx.state("e2") == b"d"
+
+
+async def test_renewal_extends_the_delivery_deadline_of_stored_results(backend: Backend, unique: str) -> None:
+    async with harness(backend, unique) as hx:
+        dedup = Dedup(hx.redis, group=hx.group, owner="worker-2", lease_seconds=0.3, ttl_seconds=3600)
+        token = dedup.new_token()
+        await dedup.claim(["e1", "e2"], token)
+        await dedup.store_results([("e1", b"outputs")], token)
+        async with dedup.holding(["e1", "e2", "e3"], token):
+            await asyncio.sleep(1.0)
+            seconds, micros = await hx.redis.time()
+            value = await hx.state("e1") or b""
+            assert int(value.split(b"|")[2]) > seconds * 1000 + micros // 1000  # the deadline moved on
+            assert value.endswith(b"|outputs")
+            assert await hx.redis.pttl(dedup.key("e2")) > 0  # the claim is still there
+            assert await hx.state("e3") is None  # not ours: untouched
+        await asyncio.sleep(0.5)
+        assert await hx.state("e2") is None  # renewal stopped with the block: the lease ran out
 
 
 class Partitions:

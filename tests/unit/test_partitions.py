@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Sequence
 
 from processor import headers as h
@@ -32,11 +33,9 @@ class Recorder:
         self.gate = asyncio.Event()
         self.gate.set()
         self.runs_at_resume: list[int] = []
-        self.cost: Callable[[int], float] | None = None  # seconds a batch of n takes, on ``clock``
+        self.work: Callable[[int], float | None] = lambda n: 0.0  # handler seconds per record a batch reports
 
-    async def run(self, records: Sequence[InRecord]) -> None:
-        if self.clock is not None and self.cost is not None:
-            self.clock.now += self.cost(len(records))  # the batch "took" this long
+    async def run(self, records: Sequence[InRecord]) -> float | None:
         partitions = {r.partition for r in records}
         assert len(partitions) == 1
         (p,) = partitions
@@ -49,6 +48,7 @@ class Recorder:
             await self.gate.wait()
         finally:
             self.in_flight[p] -= 1
+        return self.work(len(records))
 
     def ack(self, tp: int, records: Sequence[InRecord]) -> None:
         assert all(r.partition == tp for r in records)
@@ -96,11 +96,10 @@ def sizes(r: Recorder) -> list[int]:
     return [len(batch) for batch in r.runs]
 
 
-async def test_slow_records_make_batches_that_take_about_batch_seconds() -> None:
-    clock = FakeClock()
-    r = Recorder(clock)
-    r.cost = lambda n: 0.01 * n  # 10 ms per record
-    q = r.queues(clock=clock, max_batch=500, batch_seconds=0.1)
+async def test_slow_records_make_batches_whose_handler_calls_take_about_batch_seconds() -> None:
+    r = Recorder()
+    r.work = lambda n: 0.01  # 10 ms per record
+    q = r.queues(max_batch=500, batch_seconds=0.1)
     q.put(0, [rec(0, offset) for offset in range(60)])
     await until(lambda: len(r.acks) == 60)
     assert sizes(r) == [16, 10, 10, 10, 10, 4]  # the first batch is small until one has been timed
@@ -108,26 +107,53 @@ async def test_slow_records_make_batches_that_take_about_batch_seconds() -> None
 
 
 async def test_batches_never_go_below_min_batch() -> None:
-    clock = FakeClock()
-    r = Recorder(clock)
-    r.cost = lambda n: 0.6  # one round of concurrent 600 ms calls, whatever the size
-    q = r.queues(clock=clock, max_batch=500, batch_seconds=0.1, min_batch=20)
+    r = Recorder()
+    r.work = lambda n: 0.6 / n  # one round of concurrent 600 ms calls, whatever the size
+    q = r.queues(max_batch=500, batch_seconds=0.1, min_batch=20)
     q.put(0, [rec(0, offset) for offset in range(100)])
     await until(lambda: len(r.acks) == 100)
     assert sizes(r) == [20] * 5
     await q.drain(1.0)
 
 
-async def test_a_fixed_cost_per_batch_grows_batches_to_max_batch() -> None:
+async def test_fast_handlers_get_full_batches_however_slow_the_rest_of_a_batch_is() -> None:
     clock = FakeClock()
     r = Recorder(clock)
-    r.cost = lambda n: 0.05  # round trips: the same for any size
-    q = r.queues(clock=clock, max_batch=100, batch_seconds=0.1)
+    real_run = r.run
+
+    async def slow_round_trips(records: Sequence[InRecord]) -> float | None:
+        clock.now += 0.5  # round trips on a loaded machine: they do not shrink with the batch
+        return await real_run(records)
+
+    r.work = lambda n: 0.0001
+    q = PartitionQueues(slow_round_trips, r.ack, r.pause, r.resume, clock=clock, max_batch=100, batch_seconds=0.1)
+    q.put(0, [rec(0, offset) for offset in range(500)])
+    await until(lambda: len(r.acks) == 500)
+    assert sizes(r) == [16, 100, 100, 100, 100, 84]
+    await q.drain(1.0)
+
+
+async def test_a_batch_that_waited_grows_back_to_full_batches() -> None:
+    r = Recorder()
+    waited = [30.0 / 16]  # the first batch's handlers waited 30 s (a slow call), then calls are fast again
+    r.work = lambda n: waited.pop() if waited else 0.0001
+    q = r.queues(max_batch=100, batch_seconds=0.1, min_batch=4)
     q.put(0, [rec(0, offset) for offset in range(2000)])
     await until(lambda: len(r.acks) == 2000)
-    grown = sizes(r)[: sizes(r).index(100) + 1]  # up to the first full batch, which does come
-    assert grown[0] == 16
+    grown = sizes(r)[1 : sizes(r).index(100) + 1]  # up to the first full batch, which does come
+    assert grown[0] == 4
     assert grown == sorted(grown)
+    await q.drain(1.0)
+
+
+async def test_batches_that_ran_no_handler_leave_the_batch_size_alone() -> None:
+    r = Recorder()
+    fresh = iter([True, False, False, False, False, False, True])  # duplicates between two fresh batches
+    r.work = lambda n: 0.01 if next(fresh, True) else None
+    q = r.queues(max_batch=500, batch_seconds=0.1)
+    q.put(0, [rec(0, offset) for offset in range(96)])
+    await until(lambda: len(r.acks) == 96)
+    assert sizes(r)[:7] == [16, 10, 10, 10, 10, 10, 10]
     await q.drain(1.0)
 
 
@@ -242,7 +268,7 @@ async def test_redelivered_lower_offset_is_dropped() -> None:
     await q.drain(1.0)
 
 
-async def test_revoke_forgets_the_partition_but_lets_the_batch_in_flight_ack() -> None:
+async def test_revoke_forgets_the_partition_and_lets_the_batch_in_flight_finish_unacked() -> None:
     r = Recorder()
     r.gate.clear()
     q = r.queues()
@@ -252,13 +278,16 @@ async def test_revoke_forgets_the_partition_but_lets_the_batch_in_flight_ack() -
     q.put(1, [rec(1, 0)])
     q.revoke([0])
     r.gate.set()
-    await until(lambda: (0, 0) in r.acks and (1, 0) in r.acks)
+    await until(lambda: (1, 0) in r.acks and r.in_flight[0] == 0)
     await settle()
     assert r.offsets(0) == [0]  # offset 1 was forgotten, for the partition's new owner
+    # The batch ran to its end (never cut between produce and ack), but its offsets belong to the new
+    # assignment now, which reads from the committed offset (if it is this worker again, its new queue).
+    assert (0, 0) not in r.acks
     assert (0, 1) not in r.acks
-    q.put(0, [rec(0, 1)])  # assigned back: the old next_offset is forgotten too
+    q.put(0, [rec(0, 0), rec(0, 1)])  # assigned back: the old next_offset is forgotten too
     await until(lambda: (0, 1) in r.acks)
-    assert r.offsets(0) == [0, 1]
+    assert r.offsets(0) == [0, 0, 1]
     await q.drain(1.0)
 
 
@@ -309,6 +338,33 @@ async def test_pause_all_and_resume_all() -> None:
     q.resume_all("breaker")
     assert sorted(r.resumes) == [(0, 1), (1, 1)]
     assert q.held("breaker") == 0
+    await q.drain(1.0)
+
+
+class Warnings(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+async def test_a_batch_that_runs_long_is_reported_until_it_ends() -> None:
+    r = Recorder()
+    r.gate.clear()
+    q = r.queues(stuck_seconds=0.05)
+    warnings = Warnings()
+    logger = logging.getLogger("processor.partitions")
+    logger.addHandler(warnings)
+    try:
+        q.put(3, [rec(3, 7), rec(3, 8)])
+        await until(lambda: len(warnings.messages) >= 2)
+        r.gate.set()
+        await until(lambda: r.acks == [(3, 7), (3, 8)])
+    finally:
+        logger.removeHandler(warnings)
+    assert "a batch of 2 records from 3 (offsets 7-8) has been running for" in warnings.messages[0]
     await q.drain(1.0)
 
 
