@@ -11,12 +11,12 @@ A batch is at most ``max_batch`` records, and fewer when records are slow: ``run
 per record a batch spent on work that grows with its size (its handler calls; None when no record ran
 one, as in a batch of redelivered duplicates), the queues keep a moving average of it and size batches
 so that this work comes to about ``batch_seconds``, but never below ``min_batch`` (the handler's
-concurrency, which a smaller batch could not use). An event's processing
-time ends when its whole batch is delivered, so 500 calls of 10 ms in one batch would make each of them
-look like 5 s. The fixed cost of a batch (a Redis round trip per step, the broker's acks) and waits for
-another worker's claims do not count: they do not shrink with the batch, and counting them made a loaded
-machine (slower round trips) shrink batches, which multiplied the round trips: a spiral to batches of
-``min_batch`` and a fraction of the throughput.
+concurrency, which a smaller batch could not use). An event's processing time ends when its whole batch
+is delivered, so 500 calls of 10 ms in one batch would make each of them look like 5 s. The fixed cost
+of a batch (a Redis round trip per step, the broker's acks) and waits for another worker's claims do not
+count: they do not shrink with the batch, and counting them made a loaded machine (slower round trips)
+shrink batches, which multiplied the round trips: a spiral down to ``min_batch`` and a fraction of the
+throughput.
 
 Pausing may make the consumer drop records it had already fetched for the partition (Faust does), so
 ``resume`` is told the next offset the queue expects, and the caller seeks there; a record delivered

@@ -6,6 +6,7 @@ import pytest
 
 from processor.config import Secret, Settings, SimulationSettings
 from processor.errors import ConfigError
+from processor.topology import Topology
 
 
 def test_defaults_without_environment() -> None:
@@ -83,3 +84,20 @@ def test_simulation_settings_per_service_then_global() -> None:
     assert SimulationSettings.load("inventory", env) == SimulationSettings(0.1, 3.0)
     with pytest.raises(ConfigError, match="PROCESSOR_SIM_LATENCY_MS"):
         SimulationSettings.load("inventory", {"PROCESSOR_SIM_LATENCY_MS": "-1"})
+
+
+@pytest.mark.parametrize("lease", [0.0, -1.0])
+def test_a_claim_lease_must_be_above_zero(lease: float) -> None:
+    with pytest.raises(ConfigError, match="claim_lease_seconds must be above 0"):
+        Topology("t", claim_lease_seconds=lease)
+
+
+def test_a_handler_timeout_may_exceed_the_claim_lease() -> None:
+    # Leases are renewed while a batch runs (processor.dedup): the lease bounds take-over, not handlers.
+    topology = Topology("t", claim_lease_seconds=5.0)
+
+    @topology.handler(source="in", timeout_seconds=60.0)
+    async def slow(event: object, ctx: object) -> list[object]:
+        return []
+
+    assert topology.get("slow").timeout_seconds == 60.0
