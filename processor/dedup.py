@@ -217,10 +217,12 @@ class Dedup:
             renewing.cancel()
 
     async def _keep(self, event_ids: Sequence[str], token: str) -> None:
+        await asyncio.sleep(self._lease_ms / 3000)
+        # Only now: most batches end before their first renewal, and this task with them.
         keys = [self.key(i) for i in event_ids]
         while True:
-            await asyncio.sleep(self._lease_ms / 3000)
             await self._call(lambda: self._renew(keys=keys, args=[token, self._lease_ms]))
+            await asyncio.sleep(self._lease_ms / 3000)
 
     async def store_results(self, results: Sequence[tuple[str, bytes]], token: str) -> None:
         """Record (event id, encoded outputs) for handlers that succeeded, before producing them."""
