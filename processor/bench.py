@@ -59,7 +59,6 @@ NOTES = (
 )
 
 
-
 def tansu_latency_note(fetch_max_wait_ms: int) -> str:
     """Measured on Tansu with a plain consumer: a Fetch that finds no records is answered after half its max
     wait even when records arrive meanwhile (as it holds JoinGroup for half the session timeout, see README)."""

@@ -3,12 +3,12 @@
 In the throughput runs every input was written before the variant started, so their end-to-end times
 measure a backlog draining. Here a fresh source is produced to at a steady rate while the worker runs:
 
-- the latency run, at half of (c)'s measured maximum: output timestamp minus input timestamp is the
+- the latency run, at half of (c)'s measured maximum (``LATENCY_SHARE``): output timestamp minus input timestamp is the
   latency an event sees under a sustainable load;
-- the retry-path run, at half that rate (each event is handled twice): every first attempt fails, so every
-  event waits out the retry tier's delay; the handler reports the tier's due time and when it started,
-  so the run counts events started before they were due (there must be none) and how late after the due
-  time the rest started.
+- the retry-path run, at 5% of that maximum (``RETRY_PATH_SHARE`` in processor.bench says why): every
+  first attempt fails, so every event waits out the retry tier's delay; the handler reports the tier's
+  due time and when it started, so the run counts events started before they were due (there must be
+  none) and how late after the due time the rest started.
 """
 
 from __future__ import annotations
