@@ -79,12 +79,14 @@ class OutputReader:
     key number and timestamp (and with ``keep_values`` the value) of every ``keep_every``-th record."""
 
     def __init__(
-        self, settings: Settings, topic: str, partitions: int, *, keep_values: bool = False, keep_every: int = 1
+        self, settings: Settings, topic: str, partitions: int, *, keep_values: bool = False, keep_every: int = 1,
+        fetch_wait_ms: int = 5,
     ) -> None:
-        # A short fetch wait: the time a record is seen is the end of a variant's run (see ``seen_ms``).
+        # A short fetch wait by default: the time a record is seen is the end of a variant's run (see
+        # ``seen_ms``).
         self._consumer = Consumer(client_config(settings, **{
             "group.id": f"{topic}.reader", "enable.auto.commit": False, "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": 5,
+            "fetch.wait.max.ms": fetch_wait_ms,
         }))
         self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
         self._keep_values = keep_values
@@ -318,11 +320,12 @@ def measure(run: Run, launch: Launch) -> Row:
 
 
 def child_env(settings: Settings, extra: Mapping[str, str]) -> dict[str, str]:
-    """The environment of a variant process: ours, the run's servers, no tracing unless ``extra`` says so."""
+    """The environment of a variant process: ours, the run's servers and fetch wait, no tracing unless ``extra``
+    says so."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env.update({
         "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers, "REDIS_URL": settings.redis_url.reveal(),
-        "OTEL_TRACES_EXPORTER": "none",
+        "KAFKA_FETCH_MAX_WAIT_MS": str(settings.kafka_fetch_max_wait_ms), "OTEL_TRACES_EXPORTER": "none",
     })
     env.update(extra)
     return env

@@ -13,10 +13,17 @@ import pytest
 
 import processor
 from processor import bench_report as br
-from processor.bench import BenchOptions, complete, describe_backend, missing_servers
+from processor.bench import (
+    EMBEDDED_FETCH_MAX_WAIT_MS,
+    BenchOptions,
+    complete,
+    describe_backend,
+    embedded_overrides,
+    missing_servers,
+)
 from processor.bench_loops import LoopSpec
 from processor.bench_proc import parse_cpu_ticks, parse_status_kb, read_json, write_json
-from processor.bench_run import event_value
+from processor.bench_run import child_env, event_value
 from processor.codec import Decoder, compile_schema
 from processor.config import Settings
 from processor.topology import Context, Output
@@ -292,6 +299,26 @@ def test_the_embedded_stack_stands_in_for_unset_servers() -> None:
     assert missing_servers({}) == ["KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"]
     assert missing_servers({"KAFKA_BOOTSTRAP_SERVERS": "k:9092", "REDIS_URL": ""}) == ["REDIS_URL"]
     assert missing_servers({"KAFKA_BOOTSTRAP_SERVERS": "k:9092", "REDIS_URL": "redis://r:6379/0"}) == []
+
+
+EMBEDDED = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "REDIS_URL": "redis://127.0.0.1:2/0"}
+
+
+def test_on_its_own_broker_the_bench_shortens_the_fetch_wait_unless_one_is_set() -> None:
+    assert embedded_overrides({}, EMBEDDED) == {**EMBEDDED, "KAFKA_FETCH_MAX_WAIT_MS": str(EMBEDDED_FETCH_MAX_WAIT_MS)}
+    assert embedded_overrides({"KAFKA_FETCH_MAX_WAIT_MS": "50"}, EMBEDDED) == EMBEDDED
+    # A broker of the user's: its fetch wait is the worker's own setting.
+    assert embedded_overrides({"KAFKA_BOOTSTRAP_SERVERS": "k:9092"}, EMBEDDED) == {"REDIS_URL": EMBEDDED["REDIS_URL"]}
+
+
+def test_variant_processes_get_the_runs_servers_and_fetch_wait() -> None:
+    settings = Settings.load({}, overrides={**EMBEDDED, "KAFKA_FETCH_MAX_WAIT_MS": "20"})
+    env = child_env(settings, {"EXTRA": "1"})
+    assert env["KAFKA_BOOTSTRAP_SERVERS"] == "127.0.0.1:1"
+    assert env["REDIS_URL"] == "redis://127.0.0.1:2/0"
+    assert env["KAFKA_FETCH_MAX_WAIT_MS"] == "20"
+    assert env["OTEL_TRACES_EXPORTER"] == "none"
+    assert env["EXTRA"] == "1"
 
 
 def test_the_backend_description_never_shows_the_redis_url() -> None:
