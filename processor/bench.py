@@ -59,11 +59,13 @@ NOTES = (
 )
 
 
-# The workers' fetch wait on the embedded broker, unless KAFKA_FETCH_MAX_WAIT_MS is set: Tansu answers a
-# Fetch that found no records only after half its max wait, even when records arrive meanwhile, so with the
-# worker's default (100 ms, for real Kafka, which answers as soon as records arrive) an event could wait up
-# to 50 ms for a fetch that real Kafka would have answered at once. A paced run's consumers often catch up
-# and find nothing for a moment: A/B runs at 7500/s gave e2e p50 45-50 ms with 100, 21-31 ms with 20.
+# The fetch wait of the latency and retry-path runs' workers on the embedded broker, unless
+# KAFKA_FETCH_MAX_WAIT_MS is set: Tansu answers a Fetch that found no records only after half its max wait,
+# even when records arrive meanwhile, so with the worker's default (100 ms, for real Kafka, which answers as
+# soon as records arrive) an event could wait up to 50 ms for a fetch that real Kafka would have answered at
+# once. A paced run's consumers often catch up and find nothing for a moment: A/B runs at 7500/s gave e2e
+# p50 45-50 ms with 100, 21-31 ms with 20. Not the soak's: Tansu's cost per fetch grows with its topics, and
+# a 10-minute soak with a 20 ms wait had the broker at 100% CPU and every partition stalled after 5 minutes.
 EMBEDDED_FETCH_MAX_WAIT_MS = 20
 
 
@@ -72,9 +74,9 @@ def tansu_latency_note(fetch_max_wait_ms: int) -> str:
     wait even when records arrive meanwhile (as it holds JoinGroup for half the session timeout, see README)."""
     return (
         "paced runs on the embedded broker: Tansu answers a Fetch that found no records only after half its max "
-        f"wait, even if records arrive meanwhile; the bench's workers ran with KAFKA_FETCH_MAX_WAIT_MS="
-        f"{fetch_max_wait_ms} (the default, 100, is for real Kafka, which answers as soon as records arrive), so up "
-        f"to {fetch_max_wait_ms / 2:g} ms of an event's e2e is that wait."
+        f"wait, even if records arrive meanwhile; the latency and retry-path runs' workers fetched with "
+        f"KAFKA_FETCH_MAX_WAIT_MS={fetch_max_wait_ms} (the default, 100, is for real Kafka, which answers as soon "
+        f"as records arrive), so up to {fetch_max_wait_ms / 2:g} ms of an event's e2e there is that wait."
     )
 
 
@@ -137,8 +139,10 @@ def launch_for(key: str, label: str, run: Run, log_dir: Path) -> Launch:
 
 
 def run_bench(settings: Settings, options: BenchOptions, backend: str = "external servers",
-              progress: Callable[[str], None] = lambda line: None) -> br.Report:
-    """Fill the source and run every variant against the servers in ``settings``."""
+              progress: Callable[[str], None] = lambda line: None,
+              paced_fetch_wait_ms: int | None = None) -> br.Report:
+    """Fill the source and run every variant against the servers in ``settings``; ``paced_fetch_wait_ms``
+    is the latency and retry-path runs' worker fetch wait (None: the settings')."""
     run_id = f"bench-{uuid.uuid4().hex[:8]}"
     log_dir = options.state_dir / "bench" / run_id
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -148,7 +152,8 @@ def run_bench(settings: Settings, options: BenchOptions, backend: str = "externa
              f"logs in {log_dir}")
     timestamps = fill(settings, source, run_id, options.events, options.payload_bytes)
     run = Run(settings=settings, run_id=run_id, source=source, events=options.events,
-              partitions=options.partitions, input_timestamps=timestamps, timeout_seconds=options.timeout_seconds)
+              partitions=options.partitions, input_timestamps=timestamps, timeout_seconds=options.timeout_seconds,
+              paced_fetch_wait_ms=paced_fetch_wait_ms)
     rows: list[br.Row] = []
     for key, label in VARIANTS:
         if options.only is not None and key not in options.only:
@@ -213,13 +218,12 @@ def complete(report: br.Report, options: BenchOptions) -> bool:
     ) and (report.retry_path is None or report.retry_path.early == 0)
 
 
-def embedded_overrides(environ: Mapping[str, str], embedded: Mapping[str, str]) -> dict[str, str]:
-    """Settings for the servers the bench starts itself (``embedded``: setting name to address) where
-    ``environ`` names none; on its own broker, also the fetch wait, unless ``environ`` sets one."""
-    overrides = {name: address for name, address in embedded.items() if not environ.get(name)}
-    if "KAFKA_BOOTSTRAP_SERVERS" in overrides and not environ.get("KAFKA_FETCH_MAX_WAIT_MS"):
-        overrides["KAFKA_FETCH_MAX_WAIT_MS"] = str(EMBEDDED_FETCH_MAX_WAIT_MS)
-    return overrides
+def paced_fetch_wait(environ: Mapping[str, str], embedded: Sequence[str]) -> int | None:
+    """The latency and retry-path runs' fetch wait: EMBEDDED_FETCH_MAX_WAIT_MS on the bench's own broker
+    unless ``environ`` sets one; None (the settings') otherwise."""
+    if "KAFKA_BOOTSTRAP_SERVERS" in embedded and not environ.get("KAFKA_FETCH_MAX_WAIT_MS"):
+        return EMBEDDED_FETCH_MAX_WAIT_MS
+    return None
 
 
 def describe_backend(settings: Settings, embedded: Sequence[str]) -> str:
@@ -243,10 +247,11 @@ def bench_command(options: BenchOptions, environ: Mapping[str, str] | None = Non
     else:
         with embedded_stack(options.state_dir / "bench-stack") as (kafka, redis_server):
             embedded = {"KAFKA_BOOTSTRAP_SERVERS": kafka.address, "REDIS_URL": f"redis://{redis_server.address}/0"}
-            settings = Settings.load(env, overrides=embedded_overrides(env, embedded))
-            report = run_bench(settings, options, describe_backend(settings, missing), progress)
-            if (options.latency or options.soak_seconds) and "KAFKA_BOOTSTRAP_SERVERS" in missing:
-                note = tansu_latency_note(settings.kafka_fetch_max_wait_ms)
+            settings = Settings.load(env, overrides={name: embedded[name] for name in missing})
+            wait = paced_fetch_wait(env, missing)
+            report = run_bench(settings, options, describe_backend(settings, missing), progress, wait)
+            if options.latency and "KAFKA_BOOTSTRAP_SERVERS" in missing:
+                note = tansu_latency_note(wait or settings.kafka_fetch_max_wait_ms)
                 report = dataclasses.replace(report, notes=(*report.notes, note))
     print(br.render_table(report))
     if options.json_path is not None:

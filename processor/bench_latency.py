@@ -108,8 +108,10 @@ def run_latency(run: Run, log_dir: Path, *, rate: float, seconds: float, payload
     same records at the same time. (One partition of them: reading them all cost the machine enough CPU to
     slow the worker down.)"""
     events = max(1, int(rate * seconds))
-    with paced_worker(run, log_dir, f"{PIPELINE}-lat", "processor pipeline at a fixed rate") as worker:
-        source = OutputReader(run.settings, worker.source, 1, fetch_wait_ms=run.settings.kafka_fetch_max_wait_ms)
+    wait = run.paced_fetch_wait
+    with paced_worker(run, log_dir, f"{PIPELINE}-lat", "processor pipeline at a fixed rate",
+                      extra_env={"KAFKA_FETCH_MAX_WAIT_MS": str(wait)}) as worker:
+        source = OutputReader(run.settings, worker.source, 1, fetch_wait_ms=wait)
         try:
 
             def read_both(timeout_seconds: float) -> None:
@@ -138,7 +140,9 @@ def run_retry_path(run: Run, log_dir: Path, *, rate: float, seconds: float, payl
     """Every first attempt fails: measure when each event's second attempt started against its due time."""
     events = max(1, int(rate * seconds))
     with paced_worker(run, log_dir, f"{PIPELINE}-retry", "processor retry path at a fixed rate",
-                      extra_env={"PROCESSOR_BENCH_FAIL_FIRST": "1"}, keep_values=True) as worker:
+                      extra_env={"PROCESSOR_BENCH_FAIL_FIRST": "1",
+                                 "KAFKA_FETCH_MAX_WAIT_MS": str(run.paced_fetch_wait)},
+                      keep_values=True) as worker:
         inputs, achieved = produce_paced(run, worker.source, events, rate, payload_bytes, worker.reader.poll)
         worker.wait_outputs(events, run.timeout_seconds + parse_duration(RETRY_DELAY))
         steady = min(inputs) + _warm(seconds) * 1000

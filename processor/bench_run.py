@@ -163,6 +163,13 @@ class Run:
     partitions: int
     input_timestamps: Sequence[int]
     timeout_seconds: float
+    # The fetch wait of the latency and retry-path runs' workers (and of the reader that times the broker
+    # beside them); None: the settings' own.
+    paced_fetch_wait_ms: int | None = None
+
+    @property
+    def paced_fetch_wait(self) -> int:
+        return self.paced_fetch_wait_ms or self.settings.kafka_fetch_max_wait_ms
 
 
 @dataclass(frozen=True)

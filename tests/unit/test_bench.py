@@ -18,12 +18,12 @@ from processor.bench import (
     BenchOptions,
     complete,
     describe_backend,
-    embedded_overrides,
     missing_servers,
+    paced_fetch_wait,
 )
 from processor.bench_loops import LoopSpec
 from processor.bench_proc import parse_cpu_ticks, parse_status_kb, read_json, write_json
-from processor.bench_run import child_env, event_value
+from processor.bench_run import Run, child_env, event_value
 from processor.codec import Decoder, compile_schema
 from processor.config import Settings
 from processor.topology import Context, Output
@@ -304,11 +304,16 @@ def test_the_embedded_stack_stands_in_for_unset_servers() -> None:
 EMBEDDED = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "REDIS_URL": "redis://127.0.0.1:2/0"}
 
 
-def test_on_its_own_broker_the_bench_shortens_the_fetch_wait_unless_one_is_set() -> None:
-    assert embedded_overrides({}, EMBEDDED) == {**EMBEDDED, "KAFKA_FETCH_MAX_WAIT_MS": str(EMBEDDED_FETCH_MAX_WAIT_MS)}
-    assert embedded_overrides({"KAFKA_FETCH_MAX_WAIT_MS": "50"}, EMBEDDED) == EMBEDDED
-    # A broker of the user's: its fetch wait is the worker's own setting.
-    assert embedded_overrides({"KAFKA_BOOTSTRAP_SERVERS": "k:9092"}, EMBEDDED) == {"REDIS_URL": EMBEDDED["REDIS_URL"]}
+def test_on_its_own_broker_the_bench_shortens_the_paced_runs_fetch_wait_unless_one_is_set() -> None:
+    both = ["KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"]
+    assert paced_fetch_wait({}, both) == EMBEDDED_FETCH_MAX_WAIT_MS
+    assert paced_fetch_wait({"KAFKA_FETCH_MAX_WAIT_MS": "50"}, both) is None
+    assert paced_fetch_wait({}, ["REDIS_URL"]) is None  # a broker of the user's: the worker's own setting
+    settings = Settings.load({}, overrides=EMBEDDED)
+    run = Run(settings=settings, run_id="r", source="s", events=1, partitions=1, input_timestamps=[0],
+              timeout_seconds=1.0)
+    assert run.paced_fetch_wait == settings.kafka_fetch_max_wait_ms == 100
+    assert dataclasses.replace(run, paced_fetch_wait_ms=20).paced_fetch_wait == 20
 
 
 def test_variant_processes_get_the_runs_servers_and_fetch_wait() -> None:
