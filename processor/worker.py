@@ -55,6 +55,8 @@ FAUST_SETTINGS: Mapping[str, Any] = {
     "autodiscover": False,
     "store": "memory://",
 }
+# The garbage collector's first threshold in a worker (see Worker.run).
+GC_YOUNG_THRESHOLD = 20_000
 
 
 @dataclass
@@ -277,6 +279,11 @@ class Worker:
         # and every batch in the process stalls for it: the largest part of the bench's p99 latency.
         gc.collect()
         gc.freeze()
+        # The youngest generation is collected once the tracked objects allocated outnumber those freed by
+        # GC_YOUNG_THRESHOLD (CPython's default: 700). Almost all of ours die young by reference count, so
+        # at 700 the collections (67 a second at 9k events/s, and a gen-1 collection every tenth, of up to
+        # 11 ms) mostly rescanned the records in flight: 0.4 s of pauses in 12 s, against 7 ms at 20 000.
+        gc.set_threshold(GC_YOUNG_THRESHOLD)
         try:
             with redirect_stdouts(severity="WARNING"):  # print() and stray stderr become log records
                 worker.execute_from_commandline()
