@@ -44,13 +44,17 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# The Redis server's clock in ms, for the deadlines below: one clock for every worker, whatever theirs say.
+_NOW_MS = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+"""
+
 # KEYS[i]: one per event. ARGV: token, lease_ms. Returns {codes, payload, payload, ...}: one status letter
 # per key (c claimed, d done, s stored, b busy), then the stored outputs of each 's', in order. One string
 # rather than a pair per key: the client parses two replies per batch instead of two per event. Stops at
 # the first busy key (see Dedup.claim): the codes may be fewer than the keys.
-_CLAIM = """
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+_CLAIM = _NOW_MS + """
 local codes = {}
 local out = {''}
 for i, key in ipairs(KEYS) do
@@ -84,9 +88,8 @@ return out
 
 # KEYS[i]: one per event; ARGV: token, lease_ms, ttl_seconds, then one payload per key. The deadline
 # lets another claimer take over the delivery only once this owner's lease has run out.
-_STORE = """
-local now = redis.call('TIME')
-local deadline = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[2])
+_STORE = _NOW_MS + """
+local deadline = now_ms + tonumber(ARGV[2])
 for i, key in ipairs(KEYS) do
   redis.call('SET', key, 'r|' .. ARGV[1] .. '|' .. deadline .. '|' .. ARGV[3 + i], 'EX', ARGV[3])
 end
@@ -103,9 +106,8 @@ return #KEYS
 
 # KEYS[i]: one per event; ARGV: token, lease_ms. Extends the claims and stored-results deadlines this batch
 # holds; any other state (done, released, someone else's) is left as it is.
-_RENEW = """
-local now = redis.call('TIME')
-local deadline = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[2])
+_RENEW = _NOW_MS + """
+local deadline = now_ms + tonumber(ARGV[2])
 local stored = 'r|' .. ARGV[1] .. '|'
 for _, key in ipairs(KEYS) do
   local v = redis.call('GET', key)
