@@ -18,9 +18,9 @@ its own first attempt already applied (Redis ran the script after the client gav
 recognises it as ours, while another batch of the same worker (a copy of the event on another partition)
 still sees it as busy.
 
-Storing the handler's outputs before producing them (an outbox) means a worker that dies after the
-handler ran but before its outputs were acknowledged is not followed by a second run of the handler: the
-next claimer finds the stored outputs (once the deadline passed) and produces them instead.
+Storing the handler's outputs (while they are produced) means a worker that dies once they are stored but
+before they are marked done is not followed by a second run of the handler: the next claimer finds the
+stored outputs (once the deadline passed) and produces them instead.
 
 Redis being down never makes the worker skip dedup or drop an event: every call waits, with back-off,
 until Redis answers again, and reports the dependency as down meanwhile.
@@ -227,7 +227,7 @@ class Dedup:
             await asyncio.sleep(self._lease_ms / 3000)
 
     async def store_results(self, results: Sequence[tuple[str, bytes]], token: str) -> None:
-        """Record (event id, encoded outputs) for handlers that succeeded, before producing them."""
+        """Record (event id, encoded outputs) for handlers that succeeded, before marking them done."""
         if results:
             keys = [self.key(event_id) for event_id, _ in results]
             args: list[bytes | str | int] = [token, self._lease_ms, self._ttl, *(p for _, p in results)]

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -21,6 +22,7 @@ from processor.kafka import DeliveryError, OutRecord
 from processor.metrics import Metrics
 from processor.pipeline import FATAL_ERROR, OUTPUT_REJECTED, RETRIES_EXHAUSTED, InRecord, Pipeline, _encode_outputs
 from processor.retry import Retry
+from processor.servers import free_port, start_redis
 from processor.topology import Context, Output, Topology
 from tests.conftest import Backend
 
@@ -90,6 +92,8 @@ async def handle(event: dict[str, Any], ctx: Context) -> list[Output]:
         raise FatalError("negative amount")
     if action == "slow":
         await asyncio.sleep(event["sleep"])
+    if action == "pause_redis_writes":
+        await ctx.dependency("pause_redis_writes")()
     if action == "undeclared":
         return [Output("elsewhere", {"id": ctx.event_id})]
     return [Output("out", {"id": ctx.event_id, "attempt": ctx.attempt})]
@@ -98,7 +102,7 @@ async def handle(event: dict[str, Any], ctx: Context) -> list[Output]:
 @asynccontextmanager
 async def harness(
     backend: Backend, unique: str, sink: FakeSink | None = None, timeout_seconds: float = 10.0,
-    lease_seconds: float = 30.0,
+    lease_seconds: float = 30.0, dependencies: dict[str, Any] | None = None,
 ) -> AsyncIterator[Harness]:
     topology = Topology(unique)
     topology.handler(source="orders", outputs=("out",), retry=Retry(delays=("1s", "10s")),
@@ -113,7 +117,7 @@ async def harness(
     events: list[tuple[str, bool]] = []
     pipeline = Pipeline(
         unique, spec, group=group, decoder=Decoder(None, "event_id", 1_000_000), dedup=dedup, sink=sink,
-        metrics=metrics, dependencies={"calls": calls}, clock=lambda: NOW,
+        metrics=metrics, dependencies={"calls": calls, **(dependencies or {})}, clock=lambda: NOW,
         on_dependency=lambda name, up: events.append((name, up)),
     )
     try:
@@ -304,6 +308,37 @@ async def test_transient_delivery_error_is_sent_again_until_accepted(backend: Ba
         assert await hx.state("e1") == b"d"
         assert hx.count("success") == 1
         assert hx.count("dead_lettered") == 0
+
+
+async def test_outputs_are_produced_while_their_results_are_stored(
+    backend: Backend, unique: str, tmp_path: Path
+) -> None:
+    # A redis-server of its own: the handler pauses its writes, which would stall every other test's.
+    server = start_redis(free_port(), tmp_path / "own-redis.log", tmp_path / "own-redis")
+    own = replace(backend, redis_url=f"redis://{server.address}/0")
+    observer = aioredis.Redis.from_url(own.redis_url)
+    states_at_send: list[bytes | None] = []
+
+    async def pause_writes() -> None:
+        # Reads go on; the store script (a write) waits out the pause in Redis.
+        await observer.execute_command("CLIENT", "PAUSE", 1000, "WRITE")
+
+    class Observing(FakeSink):
+        async def send(self, records: Sequence[OutRecord]) -> list[DeliveryError | None]:
+            states_at_send.append(await observer.get(hx.dedup.key("e1")))
+            return await super().send(records)
+
+    try:
+        async with harness(own, unique, Observing(), dependencies={"pause_redis_writes": pause_writes}) as hx:
+            await asyncio.wait_for(hx.pipeline.run([record("e1", action="pause_redis_writes")]), timeout=10)
+            # Produced while the results were not stored yet (the event still claimed), not after the store.
+            assert [(s or b"")[:2] for s in states_at_send] == [b"c|"]
+            assert len(hx.sink.to("out")) == 1
+            assert await hx.state("e1") == b"d"  # marked done once both had finished
+            assert hx.count("success") == 1
+    finally:
+        await observer.aclose()
+        server.stop()
 
 
 async def test_stored_result_is_produced_without_running_the_handler(backend: Backend, unique: str) -> None:
