@@ -103,7 +103,7 @@ class LatencyResult:
     processing_p99_ms: float | None
     seconds: float = 0.0  # how long the load ran
     warm_up_seconds: float = 0.0  # events of the first seconds are left out of the percentiles
-    # The same inputs read by a plain confluent-kafka consumer: one trip through the broker.
+    # The same load read by a plain confluent-kafka consumer, no worker: one trip through the broker.
     broker_p50_ms: float | None = None
     broker_p99_ms: float | None = None
 
@@ -234,7 +234,8 @@ def render_table(report: Report) -> str:
             f"{lat.events} events; percentiles after {lat.warm_up_seconds:g}s): "
             f"e2e p50 {_ms(lat.e2e_p50_ms)}, p99 {_ms(lat.e2e_p99_ms)}; "
             f"processing p50 {_ms(lat.processing_p50_ms)}, p99 {_ms(lat.processing_p99_ms)}; "
-            f"the broker alone (the same inputs read by a plain consumer) p50 {_ms(lat.broker_p50_ms)}, "
+            f"the broker alone (the same load read by a plain consumer, in a run of its own) "
+            f"p50 {_ms(lat.broker_p50_ms)}, "
             f"p99 {_ms(lat.broker_p99_ms)}"
         )
     if report.retry_path is not None:
