@@ -129,7 +129,8 @@ def run_broker_alone(run: Run, *, rate: float, seconds: float, payload_bytes: in
 
     A run of its own, not a second reader of the worker's inputs: on the embedded broker a fetch costs time
     in proportion to the records its partitions hold, so a reader beside the worker loaded the broker more
-    with every second of the run, and the worker's e2e with it (p99 about 1.5x in alternating runs)."""
+    with every second of the run, and the worker's e2e with it (four alternating pairs at 15k events/s: p99
+    41-76 ms without that reader, 36-160 ms with it)."""
     events = max(1, int(rate * seconds))
     topic = f"{run.run_id}.{PIPELINE}-broker.in"
     ensure_topics(run.settings, [topic], run.partitions, run.settings.topic_replication_factor)

@@ -163,8 +163,8 @@ class Run:
     partitions: int
     input_timestamps: Sequence[int]
     timeout_seconds: float
-    # The fetch wait of the latency and retry-path runs' workers (and of the reader that times the broker
-    # beside them); None: the settings' own.
+    # The fetch wait of the latency and retry-path runs' workers (and of the broker-alone run's reader);
+    # None: the settings' own.
     paced_fetch_wait_ms: int | None = None
 
     @property
