@@ -5,8 +5,9 @@ run is left out of the fit (``WARM_UP``): caches, buffers and the rolling latenc
 design. The rest is fitted with a least-squares line, whose slope the report gives in MB per hour, next to
 how much the RSS grew over that part. Every event must also come out exactly once.
 
-No second reader of the inputs here (the latency run has one): on the embedded broker, which keeps every
-record in memory and slows down as topics grow, the soaks with one did not finish.
+No second reader of the inputs here (nor in the latency run, which measures the broker alone in a run of its
+own): on the embedded broker, which keeps every record in memory and slows down as topics grow, the soaks
+with one did not finish.
 """
 
 from __future__ import annotations
