@@ -142,6 +142,8 @@ class Settings:
     # Real Kafka answers a waiting fetch when records arrive, so this only bounds an idle consumer's requests
     # (10/s at 100); the embedded broker holds an empty fetch for half of it (see processor.consumer).
     kafka_fetch_max_wait_ms: int = _setting("KAFKA_FETCH_MAX_WAIT_MS", _positive_int, 100)
+    # glibc's own variable, read here so that a worker's cap (processor.heap) is the one the user set.
+    malloc_arena_max: int = _setting("MALLOC_ARENA_MAX", _positive_int, 2)
     kafka_security_protocol: SecurityProtocol = _setting(
         "KAFKA_SECURITY_PROTOCOL", _choice(get_args(SecurityProtocol), upper=True), "PLAINTEXT"
     )

@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 from faust.types import TP
 from mode.utils.logging import redirect_stdouts
 
+from processor import heap
 from processor.breaker import Breaker
 from processor.codec import Decoder, compile_schema
 from processor.config import Settings
@@ -114,6 +115,10 @@ def _records(batch: Sequence[Any]) -> list[InRecord]:
 def _tp(tp: Any) -> TP:
     # Faust asserts its own TP type in its active set; messages may carry aiokafka's.
     return TP(tp.topic, tp.partition)
+
+
+async def _trim_heap() -> None:
+    await asyncio.to_thread(heap.trim)
 
 
 class _OnStop(mode.Service):
@@ -229,6 +234,9 @@ class Worker:
     """Runs every handler of a topology in this process until SIGTERM/SIGINT."""
 
     def __init__(self, topology: Topology, settings: Settings, *, create_topics: bool = True) -> None:
+        # Before any client starts a thread (processor.heap says why).
+        if not heap.limit_arenas(settings.malloc_arena_max):
+            log.info("not on glibc: the C heap's arenas are not limited, nor its free pages trimmed")
         self.topology = topology
         self.settings = settings
         self.create_topics = create_topics
@@ -256,6 +264,7 @@ class Worker:
         # The monitor is a timer of the first handler's app: it runs while the worker runs, whatever the
         # state of the consumer groups it measures.
         self.apps[0].timer(self.monitor.interval_seconds)(self.monitor.tick)
+        self.apps[0].timer(heap.TRIM_INTERVAL_SECONDS)(_trim_heap)
         on_stop(self.apps[0], self.monitor.resign)
 
     def run(self) -> None:

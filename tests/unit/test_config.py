@@ -17,6 +17,7 @@ def test_defaults_without_environment() -> None:
     assert settings.metrics_host == "127.0.0.1"
     assert settings.traces_exporter == "none"
     assert settings.kafka_fetch_max_wait_ms == 100
+    assert settings.malloc_arena_max == 2
 
 
 def test_flags_override_environment_which_overrides_defaults() -> None:
@@ -40,6 +41,7 @@ def test_flags_override_environment_which_overrides_defaults() -> None:
         ({"OTEL_TRACES_SAMPLER_ARG": "2"}, "OTEL_TRACES_SAMPLER_ARG: '2' must be between 0 and 1"),
         ({"PROCESSOR_LOG_LEVEL": "loud"}, "PROCESSOR_LOG_LEVEL: 'loud' is not one of"),
         ({"KAFKA_FETCH_MAX_WAIT_MS": "0"}, "KAFKA_FETCH_MAX_WAIT_MS: '0' is not a whole number >= 1"),
+        ({"MALLOC_ARENA_MAX": "many"}, "MALLOC_ARENA_MAX: 'many' is not a whole number >= 1"),
     ],
 )
 def test_bad_values_name_the_setting(env: dict[str, str], message: str) -> None:
