@@ -1,4 +1,4 @@
-"""processor.heap against this process's own C library (no mock: glibc here, as in the worker's image)."""
+"""processor.heap against this process's own C library (no mock: glibc on Debian, where the tests and workers run)."""
 
 from __future__ import annotations
 
