@@ -192,11 +192,7 @@ def produce_paced(
     """Produce ``events`` at ``rate`` per second, calling ``between(seconds)`` in the gaps (it may block that
     long: reading outputs, sampling); returns the input timestamps by event number and the rate achieved."""
     delivered = Deliveries(events)
-    # librdkafka's default linger (5 ms), as an upstream service's producer would have. A record's timestamp
-    # is taken at produce(), so its linger counts in its e2e. With linger 0 each record went in a request of
-    # its own, thousands a second, and the embedded broker's CPU for them slowed the worker measured beside it.
-    producer = Producer(client_config(run.settings, **{"enable.idempotence": True, "linger.ms": 5}))
-    warm_up(run, producer)
+    producer = paced_producer(run)
     # The collector off while producing: its full collections (the readers' records pile up) stopped this loop
     # for up to 45 ms at 11k events/s, and a burst followed, not the fixed rate the run promises; without them
     # the longest gap was 10-17 ms. Reference counting frees what the loop drops; cycles wait for gc.enable().
@@ -223,19 +219,26 @@ def produce_paced(
     return delivered.timestamps, achieved
 
 
-def warm_up(run: Run, producer: Producer) -> None:
-    """Have ``producer`` deliver one record (to the run's warm-up topic) before a paced run's clock starts.
+def paced_producer(run: Run) -> Producer:
+    """The producer of a paced run's inputs, warmed up: it has delivered one record (to the run's warm-up
+    topic), so that the run's clock does not start during its own start.
+
+    It lingers 5 ms, librdkafka's default, as an upstream service's producer would. A record's timestamp
+    is taken at produce(), so its linger counts in its e2e. With linger 0 each record went in a request of
+    its own, thousands a second, and the embedded broker's CPU for them slowed the worker measured beside it.
 
     A new idempotent producer holds its first records until the broker has given it a producer id (its first
     delivery: 0.5-1 s on the embedded broker, 1 ms without idempotence), and the paced runs stamp records at
     produce(): every run began that far behind (two runs at 2 000 events/s: first output 1.0 s after the first
     input, against 15-28 ms warmed up), and at half the maximum rate the worker took seconds to drain it. An
     upstream service's producer is long past its start when our worker reads its records."""
+    producer = Producer(client_config(run.settings, **{"enable.idempotence": True, "linger.ms": 5}))
     topic = f"{run.run_id}.warm-up"
     ensure_topics(run.settings, [topic], 1, run.settings.topic_replication_factor)
     delivered = Deliveries(1)
     producer.produce(topic, value=b"warm-up", key=b"0", on_delivery=delivered)
     _flush(producer, delivered, topic)
+    return producer
 
 
 def _flush(producer: Producer, delivered: Deliveries, topic: str) -> None:

@@ -16,7 +16,6 @@ Both are glibc's; with another C library (musl, macOS) these functions do nothin
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from typing import Any
 
 TRIM_INTERVAL_SECONDS = 30.0
@@ -24,12 +23,9 @@ _M_ARENA_MAX = -8  # mallopt's parameter number for the arena limit (glibc's mal
 
 
 def _libc() -> Any:
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-    except OSError:
-        return None
-    if libc is None or not (hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim")):
+    # The symbols of this process itself: the C library it runs on, with no search for one by name.
+    libc = ctypes.CDLL(None)
+    if not (hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim")):
         return None
     libc.malloc_trim.argtypes = [ctypes.c_size_t]
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]

@@ -10,13 +10,11 @@ from pathlib import Path
 
 import orjson
 import pytest
-from confluent_kafka import Producer
 
 from processor import bench_report as br
 from processor.bench import BenchOptions, bench_command
-from processor.bench_latency import warm_up
+from processor.bench_latency import paced_producer
 from processor.bench_run import Run
-from processor.kafka import client_config
 from tests.conftest import Backend
 from tests.support import read_topic
 
@@ -77,12 +75,11 @@ def test_bench_runs_every_variant_over_every_event(
 
 def test_a_paced_producer_is_warmed_up_before_its_clock_starts(backend: Backend, unique: str) -> None:
     # A new idempotent producer holds its first records until it has a producer id; a paced run's records
-    # are stamped at produce(), so that wait must be over before the first of them (bench_latency.warm_up).
+    # are stamped at produce(), so that wait must be over before the first of them.
     settings = backend.settings()
     run = Run(settings=settings, run_id=unique, source=f"{unique}.in", events=0, partitions=1,
               input_timestamps=(), timeout_seconds=30.0)
-    producer = Producer(client_config(settings, **{"enable.idempotence": True, "linger.ms": 5}))
-    warm_up(run, producer)
+    producer = paced_producer(run)
     assert len(producer) == 0  # delivered, not only queued
     [record] = read_topic(backend.bootstrap_servers, f"{unique}.warm-up", expect=1, timeout=20)
     assert record.value == b"warm-up"

@@ -5,14 +5,9 @@ from __future__ import annotations
 import platform
 
 from processor import heap
+from processor.bench_proc import rss_kb
 
 GLIBC = platform.libc_ver()[0] == "glibc"
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        line = next(line for line in status if line.startswith("VmRSS:"))
-    return int(line.split()[1]) / 1024
 
 
 def test_trim_hands_the_pages_of_freed_chunks_back_to_the_os() -> None:
@@ -21,9 +16,9 @@ def test_trim_hands_the_pages_of_freed_chunks_back_to_the_os() -> None:
     blocks = [bytearray(8192) for _ in range(6000)]
     kept = blocks[::10] + blocks[-1:]
     del blocks
-    before = _rss_mb()
+    before = rss_kb() / 1024
     assert heap.trim() is GLIBC
-    after = _rss_mb()
+    after = rss_kb() / 1024
     if GLIBC:
         assert before - after > 10, (before, after)
     assert kept  # alive until here
