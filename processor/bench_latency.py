@@ -25,6 +25,7 @@ import orjson
 from confluent_kafka import Producer
 
 from processor.bench_launch import worker_launch
+from processor.bench_proc import cpu_contention, cpu_snapshot
 from processor.bench_report import PIPELINE, LatencyResult, RetryPathResult, percentile
 from processor.bench_run import (
     Deliveries,
@@ -104,14 +105,18 @@ def run_latency(run: Run, log_dir: Path, *, rate: float, seconds: float, payload
     """Produce at ``rate`` for ``seconds`` to a fresh worker; each event's output minus input timestamp.
 
     Before it, the same load goes through the broker alone (``run_broker_alone``): the floor under any
-    consumer's e2e on this broker at this rate."""
+    consumer's e2e on this broker at this rate. While it runs, the machine's CPU and the worker's waits for
+    one are read (``bench_proc.cpu_contention``): on a machine whose cores the broker, Redis and the load
+    share with the worker, those waits are part of the e2e, and the report says how large they were."""
     events = max(1, int(rate * seconds))
     wait = run.paced_fetch_wait
     broker_p50, broker_p99 = run_broker_alone(run, rate=rate, seconds=seconds, payload_bytes=payload_bytes)
     with paced_worker(run, log_dir, f"{PIPELINE}-lat", "processor pipeline at a fixed rate",
                       extra_env={"KAFKA_FETCH_MAX_WAIT_MS": str(wait)}) as worker:
+        before = cpu_snapshot(worker.proc.pid)
         inputs, achieved = produce_paced(run, worker.source, events, rate, payload_bytes, worker.reader.poll)
         worker.wait_outputs(events, run.timeout_seconds)
+        busy, waited = cpu_contention(before, cpu_snapshot(worker.proc.pid))
         p50, p99 = histogram_percentiles(worker.launch, events)
         steady = min(inputs) + _warm(seconds) * 1000
         e2e = [ts - inputs[n] for n, ts in worker.reader.records if 0 <= n < events and inputs[n] >= steady]
@@ -119,7 +124,7 @@ def run_latency(run: Run, log_dir: Path, *, rate: float, seconds: float, payload
             target_rate=rate, achieved_rate=achieved, events=worker.reader.count,
             distinct=len(worker.reader.numbers), e2e_p50_ms=percentile(e2e, 0.5), e2e_p99_ms=percentile(e2e, 0.99),
             processing_p50_ms=p50, processing_p99_ms=p99, seconds=seconds, warm_up_seconds=_warm(seconds),
-            broker_p50_ms=broker_p50, broker_p99_ms=broker_p99,
+            broker_p50_ms=broker_p50, broker_p99_ms=broker_p99, machine_busy_share=busy, worker_cpu_wait_share=waited,
         )
 
 

@@ -3,12 +3,17 @@
 Each variant process writes a *mark* when it consumes its first record (wall clock and its own CPU ticks
 then), and the loop variants a *result* when they are done. Both are written to a temporary name and
 renamed, so the bench never reads half a file.
+
+The latency run also reads how busy the machine's CPUs were and how long the worker's main thread waited
+for one (``cpu_contention``): on a machine shared with the broker, Redis and the load, those waits are
+part of every event's latency, and the report should say when they were.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +48,55 @@ def peak_rss_kb(pid: int | str = "self") -> int:
 
 def rss_kb(pid: int | str = "self") -> int:
     return parse_status_kb(Path(f"/proc/{pid}/status").read_text(), "VmRSS")
+
+
+def parse_schedstat(text: str) -> tuple[int, int]:
+    """(ns spent on a CPU, ns spent runnable but waiting for one) from ``/proc/<pid>/task/<tid>/schedstat``."""
+    run_ns, wait_ns, _ = text.split()
+    return int(run_ns), int(wait_ns)
+
+
+def parse_machine_cpu(stat: str) -> tuple[int, int]:
+    """(busy, total) clock ticks of every CPU together, from the first line of ``/proc/stat``."""
+    # user nice system idle iowait irq softirq steal; guest time is counted in user and nice already.
+    ticks = [int(f) for f in stat.splitlines()[0].split()[1:9]]
+    total = sum(ticks)
+    return total - ticks[3] - ticks[4], total
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """The machine's CPU ticks and how long a process's main thread has waited for a CPU, at one moment."""
+
+    wall_ns: int
+    machine: tuple[int, int] | None  # (busy, total) ticks
+    main_thread_wait_ns: int | None
+
+
+def cpu_snapshot(pid: int) -> CpuSnapshot:
+    """Where Linux keeps no such count (no ``/proc``, no schedstat), that part is None."""
+    try:
+        machine: tuple[int, int] | None = parse_machine_cpu(Path("/proc/stat").read_text())
+    except (OSError, ValueError, IndexError):
+        machine = None
+    try:
+        wait: int | None = parse_schedstat(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text())[1]
+    except (OSError, ValueError):
+        wait = None
+    return CpuSnapshot(time.monotonic_ns(), machine, wait)
+
+
+def cpu_contention(before: CpuSnapshot, after: CpuSnapshot) -> tuple[float | None, float | None]:
+    """Between two snapshots: the share of the machine's CPU time that was busy, and the share of the wall
+    time the process's main thread was runnable but waiting for a CPU (each None if unknown)."""
+    busy = None
+    if before.machine is not None and after.machine is not None and after.machine[1] > before.machine[1]:
+        busy = (after.machine[0] - before.machine[0]) / (after.machine[1] - before.machine[1])
+    waited = None
+    if before.main_thread_wait_ns is not None and after.main_thread_wait_ns is not None \
+            and after.wall_ns > before.wall_ns:
+        waited = (after.main_thread_wait_ns - before.main_thread_wait_ns) / (after.wall_ns - before.wall_ns)
+    return busy, waited
 
 
 def write_json(path: Path, document: dict[str, Any]) -> None:

@@ -106,6 +106,10 @@ class LatencyResult:
     # The same load read by a plain confluent-kafka consumer, no worker: one trip through the broker.
     broker_p50_ms: float | None = None
     broker_p99_ms: float | None = None
+    # While the load ran: the share of the machine's CPU time that was busy (everything on it), and of the
+    # wall time the worker's main thread was ready to run but waited for a CPU. None where Linux does not say.
+    machine_busy_share: float | None = None
+    worker_cpu_wait_share: float | None = None
 
 
 @dataclass(frozen=True)
@@ -236,7 +240,8 @@ def render_table(report: Report) -> str:
             f"processing p50 {_ms(lat.processing_p50_ms)}, p99 {_ms(lat.processing_p99_ms)}; "
             f"the broker alone (the same load read by a plain consumer, in a run of its own) "
             f"p50 {_ms(lat.broker_p50_ms)}, "
-            f"p99 {_ms(lat.broker_p99_ms)}"
+            f"p99 {_ms(lat.broker_p99_ms)}; meanwhile the machine's CPUs were {_share(lat.machine_busy_share)} busy "
+            f"and the worker's main thread waited for a CPU {_share(lat.worker_cpu_wait_share)} of the time"
         )
     if report.retry_path is not None:
         retry = report.retry_path
@@ -263,6 +268,10 @@ def render_table(report: Report) -> str:
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} ms"
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
 
 
 def _mb(value: float | None) -> str:

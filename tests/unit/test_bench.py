@@ -6,6 +6,8 @@ import asyncio
 import dataclasses
 import importlib
 import math
+import os
+import time
 from pathlib import Path
 
 import orjson
@@ -22,7 +24,17 @@ from processor.bench import (
     paced_fetch_wait,
 )
 from processor.bench_loops import LoopSpec
-from processor.bench_proc import parse_cpu_ticks, parse_status_kb, read_json, write_json
+from processor.bench_proc import (
+    CpuSnapshot,
+    cpu_contention,
+    cpu_snapshot,
+    parse_cpu_ticks,
+    parse_machine_cpu,
+    parse_schedstat,
+    parse_status_kb,
+    read_json,
+    write_json,
+)
 from processor.bench_run import Run, child_env, event_value
 from processor.codec import Decoder, compile_schema
 from processor.config import Settings
@@ -126,14 +138,19 @@ def test_table_shows_missing_values_as_dashes_and_failures_as_such() -> None:
 def test_table_shows_the_latency_mode() -> None:
     latency = br.LatencyResult(target_rate=2000.0, achieved_rate=1999.0, events=N, distinct=N, e2e_p50_ms=12.0,
                                e2e_p99_ms=48.5, processing_p50_ms=4.0, processing_p99_ms=9.0, broker_p50_ms=7.0,
-                               broker_p99_ms=31.0)
+                               broker_p99_ms=31.0, machine_busy_share=0.79, worker_cpu_wait_share=0.283)
     with_latency = report(ok_row(br.PIPELINE, 4_000.0), latency=latency)
     text = br.render_table(with_latency)
     assert "latency mode (c at 2000/s" in text
     assert "p99 48.5 ms" in text
     assert ("the broker alone (the same load read by a plain consumer, in a run of its own) p50 7.0 ms, "
             "p99 31.0 ms") in text
+    assert "meanwhile the machine's CPUs were 79% busy and the worker's main thread waited for a CPU 28% of the " \
+           "time" in " ".join(text.split())
     assert orjson.loads(orjson.dumps(with_latency.as_json()))["latency"] == dataclasses.asdict(latency)
+    unknown = br.render_table(report(latency=dataclasses.replace(latency, machine_busy_share=None,
+                                                                 worker_cpu_wait_share=None)))
+    assert "CPUs were - busy and the worker's main thread waited for a CPU - of the time" in " ".join(unknown.split())
 
 
 # -- JSON --------------------------------------------------------------------------------------------------
@@ -221,6 +238,35 @@ def test_cpu_ticks_of_this_process_grow() -> None:
 
     assert cpu_ticks() >= 0
     assert peak_rss_kb() > 1000
+
+
+def test_schedstat_and_machine_cpu_lines_are_parsed() -> None:
+    assert parse_schedstat("123456789 987654 42\n") == (123456789, 987654)
+    # user nice system idle iowait irq softirq steal guest guest_nice: guest is in user already
+    stat = "cpu  100 5 20 800 50 1 4 0 30 0\ncpu0 50 2 10 400 25 0 2 0 15 0\n"
+    assert parse_machine_cpu(stat) == (130, 980)
+
+
+def test_cpu_contention_is_the_busy_share_and_the_wait_share_between_snapshots() -> None:
+    before = CpuSnapshot(wall_ns=0, machine=(100, 1000), main_thread_wait_ns=5_000_000)
+    after = CpuSnapshot(wall_ns=1_000_000_000, machine=(250, 1200), main_thread_wait_ns=255_000_000)
+    assert cpu_contention(before, after) == (pytest.approx(0.75), pytest.approx(0.25))
+    unknown = CpuSnapshot(wall_ns=1_000_000_000, machine=None, main_thread_wait_ns=None)
+    assert cpu_contention(before, unknown) == (None, None)
+
+
+def test_cpu_snapshots_of_this_process_see_a_thread_spin() -> None:
+    # Linux keeps both counts here (as on every machine the suite runs on); a spinning thread makes the
+    # machine busier than nothing, and the counts never run backwards.
+    before = cpu_snapshot(os.getpid())
+    deadline = time.monotonic() + 0.3
+    while time.monotonic() < deadline:
+        pass
+    busy, waited = cpu_contention(before, cpu_snapshot(os.getpid()))
+    assert busy is not None
+    assert 0 < busy <= 1
+    assert waited is not None
+    assert 0 <= waited <= 1
 
 
 def test_status_lines_are_read_by_name() -> None:
