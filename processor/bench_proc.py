@@ -74,7 +74,8 @@ class CpuSnapshot:
 
 
 def cpu_snapshot(pid: int) -> CpuSnapshot:
-    """Where Linux keeps no such count (no ``/proc``, no schedstat), that part is None."""
+    """Where Linux keeps no such count (no ``/proc``, no schedstat), that part is None. "The machine" is every
+    CPU ``/proc/stat`` lists: in a container limited by a CPU quota rather than by its CPUs, the host's."""
     try:
         machine: tuple[int, int] | None = parse_machine_cpu(Path("/proc/stat").read_text())
     except (OSError, ValueError, IndexError):

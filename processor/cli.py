@@ -272,8 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run only these variants, comma-separated (a,b0,b,c,d,e); the rest are reported skipped")
     bench.add_argument("--latency", action="store_true",
                        help="also run (c) for 10 s at 50%% of its measured maximum rate and report its end-to-end "
-                       "p50/p99 beside the broker's own, and its retry path at 5%% (every first attempt fails): "
-                       "events started before their due time, and the lateness after it")
+                       "p50/p99 beside the broker's own (and how busy the CPUs were meanwhile), and its retry "
+                       "path at 5%% (every first attempt fails): events started before their due time, and the "
+                       "lateness after it")
     bench.add_argument("--soak", type=_duration, default=0.0, metavar="DURATION",
                        help="also run (c) at --soak-rate for DURATION (e.g. 10m) and report its RSS slope")
     bench.add_argument("--soak-rate", type=_positive, default=2000,

@@ -255,8 +255,8 @@ def test_cpu_contention_is_the_busy_share_and_the_wait_share_between_snapshots()
     assert cpu_contention(before, unknown) == (None, None)
 
 
-def test_cpu_snapshots_of_this_process_see_a_thread_spin() -> None:
-    # Linux keeps both counts here (as on every machine the suite runs on); a spinning thread makes the
+def test_cpu_snapshots_of_this_process_see_it_spin() -> None:
+    # Linux keeps both counts here (as on every machine the suite runs on); this process spinning makes the
     # machine busier than nothing, and the counts never run backwards.
     before = cpu_snapshot(os.getpid())
     deadline = time.monotonic() + 0.3
