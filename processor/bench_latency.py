@@ -124,7 +124,8 @@ def run_latency(run: Run, log_dir: Path, *, rate: float, seconds: float, payload
             target_rate=rate, achieved_rate=achieved, events=worker.reader.count,
             distinct=len(worker.reader.numbers), e2e_p50_ms=percentile(e2e, 0.5), e2e_p99_ms=percentile(e2e, 0.99),
             processing_p50_ms=p50, processing_p99_ms=p99, seconds=seconds, warm_up_seconds=_warm(seconds),
-            broker_p50_ms=broker_p50, broker_p99_ms=broker_p99, machine_busy_share=busy, worker_cpu_wait_share=waited,
+            broker_p50_ms=broker_p50, broker_p99_ms=broker_p99, machine_busy_share=busy,
+            worker_main_thread_wait_share=waited,
         )
 
 

@@ -109,7 +109,7 @@ class LatencyResult:
     # While the load ran: the share of the machine's CPU time that was busy (everything on it), and of the
     # wall time the worker's main thread was ready to run but waited for a CPU. None where Linux does not say.
     machine_busy_share: float | None = None
-    worker_cpu_wait_share: float | None = None
+    worker_main_thread_wait_share: float | None = None
 
 
 @dataclass(frozen=True)
@@ -241,7 +241,7 @@ def render_table(report: Report) -> str:
             f"the broker alone (the same load read by a plain consumer, in a run of its own) "
             f"p50 {_ms(lat.broker_p50_ms)}, "
             f"p99 {_ms(lat.broker_p99_ms)}; meanwhile the machine's CPUs were {_share(lat.machine_busy_share)} busy "
-            f"and the worker's main thread waited for a CPU {_share(lat.worker_cpu_wait_share)} of the time"
+            f"and the worker's main thread waited for a CPU {_share(lat.worker_main_thread_wait_share)} of the time"
         )
     if report.retry_path is not None:
         retry = report.retry_path

@@ -138,7 +138,7 @@ def test_table_shows_missing_values_as_dashes_and_failures_as_such() -> None:
 def test_table_shows_the_latency_mode() -> None:
     latency = br.LatencyResult(target_rate=2000.0, achieved_rate=1999.0, events=N, distinct=N, e2e_p50_ms=12.0,
                                e2e_p99_ms=48.5, processing_p50_ms=4.0, processing_p99_ms=9.0, broker_p50_ms=7.0,
-                               broker_p99_ms=31.0, machine_busy_share=0.79, worker_cpu_wait_share=0.283)
+                               broker_p99_ms=31.0, machine_busy_share=0.79, worker_main_thread_wait_share=0.283)
     with_latency = report(ok_row(br.PIPELINE, 4_000.0), latency=latency)
     text = br.render_table(with_latency)
     assert "latency mode (c at 2000/s" in text
@@ -149,7 +149,7 @@ def test_table_shows_the_latency_mode() -> None:
            "time" in " ".join(text.split())
     assert orjson.loads(orjson.dumps(with_latency.as_json()))["latency"] == dataclasses.asdict(latency)
     unknown = br.render_table(report(latency=dataclasses.replace(latency, machine_busy_share=None,
-                                                                 worker_cpu_wait_share=None)))
+                                                                 worker_main_thread_wait_share=None)))
     assert "CPUs were - busy and the worker's main thread waited for a CPU - of the time" in " ".join(unknown.split())
 
 
