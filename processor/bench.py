@@ -140,9 +140,10 @@ def launch_for(key: str, label: str, run: Run, log_dir: Path) -> Launch:
 
 def run_bench(settings: Settings, options: BenchOptions, backend: str = "external servers",
               progress: Callable[[str], None] = lambda line: None,
-              paced_fetch_wait_ms: int | None = None) -> br.Report:
+              paced_fetch_wait_ms: int | None = None, broker_pid: int | None = None) -> br.Report:
     """Fill the source and run every variant against the servers in ``settings``; ``paced_fetch_wait_ms``
-    is the latency and retry-path runs' worker fetch wait (None: the settings')."""
+    is the latency and retry-path runs' worker fetch wait (None: the settings'), ``broker_pid`` the
+    embedded broker's process (None: not the bench's own)."""
     run_id = f"bench-{uuid.uuid4().hex[:8]}"
     log_dir = options.state_dir / "bench" / run_id
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -153,7 +154,7 @@ def run_bench(settings: Settings, options: BenchOptions, backend: str = "externa
     timestamps = fill(settings, source, run_id, options.events, options.payload_bytes)
     run = Run(settings=settings, run_id=run_id, source=source, events=options.events,
               partitions=options.partitions, input_timestamps=timestamps, timeout_seconds=options.timeout_seconds,
-              paced_fetch_wait_ms=paced_fetch_wait_ms)
+              paced_fetch_wait_ms=paced_fetch_wait_ms, broker_pid=broker_pid)
     rows: list[br.Row] = []
     for key, label in VARIANTS:
         if options.only is not None and key not in options.only:
@@ -249,7 +250,8 @@ def bench_command(options: BenchOptions, environ: Mapping[str, str] | None = Non
             embedded = {"KAFKA_BOOTSTRAP_SERVERS": kafka.address, "REDIS_URL": f"redis://{redis_server.address}/0"}
             settings = Settings.load(env, overrides={name: embedded[name] for name in missing})
             wait = paced_fetch_wait(env, missing)
-            report = run_bench(settings, options, describe_backend(settings, missing), progress, wait)
+            broker_pid = kafka.pid if "KAFKA_BOOTSTRAP_SERVERS" in missing else None
+            report = run_bench(settings, options, describe_backend(settings, missing), progress, wait, broker_pid)
             if options.latency and "KAFKA_BOOTSTRAP_SERVERS" in missing:
                 note = tansu_latency_note(wait or settings.kafka_fetch_max_wait_ms)
                 report = dataclasses.replace(report, notes=(*report.notes, note))

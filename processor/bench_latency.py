@@ -25,7 +25,7 @@ import orjson
 from confluent_kafka import Producer
 
 from processor.bench_launch import worker_launch
-from processor.bench_proc import cpu_contention, cpu_snapshot
+from processor.bench_proc import CpuSampler, cpu_contention, cpu_share_between, cpu_snapshot
 from processor.bench_report import PIPELINE, LatencyResult, RetryPathResult, percentile
 from processor.bench_run import (
     Deliveries,
@@ -107,26 +107,64 @@ def run_latency(run: Run, log_dir: Path, *, rate: float, seconds: float, payload
     Before it, the same load goes through the broker alone (``run_broker_alone``): the floor under any
     consumer's e2e on this broker at this rate. While it runs, the machine's CPU and the worker's waits for
     one are read (``bench_proc.cpu_contention``): on a machine whose cores the broker, Redis and the load
-    share with the worker, those waits are part of the e2e, and the report says how large they were."""
+    share with the worker, those waits are part of the e2e, and the report says how large they were.
+
+    The part after warm-up is also cut in three by input time, with the e2e p99 of each third and, on the
+    bench's own broker, the broker's CPU meanwhile: Tansu's fetch lists every batch its partition holds, so
+    a run at a fixed rate costs it more with every second, and a p99 that grows third by third with it is
+    the broker's growth, not the worker's."""
     events = max(1, int(rate * seconds))
     wait = run.paced_fetch_wait
     broker_p50, broker_p99 = run_broker_alone(run, rate=rate, seconds=seconds, payload_bytes=payload_bytes)
+    broker = CpuSampler(run.broker_pid) if run.broker_pid is not None else None
     with paced_worker(run, log_dir, f"{PIPELINE}-lat", "processor pipeline at a fixed rate",
                       extra_env={"KAFKA_FETCH_MAX_WAIT_MS": str(wait)}) as worker:
+
+        def between(seconds: float) -> None:
+            worker.reader.poll(seconds)
+            if broker is not None:
+                broker.sample()
+
         before = cpu_snapshot(worker.proc.pid)
-        inputs, achieved = produce_paced(run, worker.source, events, rate, payload_bytes, worker.reader.poll)
+        inputs, achieved = produce_paced(run, worker.source, events, rate, payload_bytes, between)
+        if broker is not None:
+            broker.sample()
         worker.wait_outputs(events, run.timeout_seconds)
         busy, waited = cpu_contention(before, cpu_snapshot(worker.proc.pid))
         p50, p99 = histogram_percentiles(worker.launch, events)
         steady = min(inputs) + _warm(seconds) * 1000
-        e2e = [ts - inputs[n] for n, ts in worker.reader.records if 0 <= n < events and inputs[n] >= steady]
+        end = max(inputs)
+        e2e: list[float] = []
+        by_third: tuple[list[float], ...] = ([], [], [])
+        for n, ts in worker.reader.records:
+            if 0 <= n < events and inputs[n] >= steady:
+                e2e.append(ts - inputs[n])
+                by_third[third_of(inputs[n], steady, end)].append(ts - inputs[n])
         return LatencyResult(
             target_rate=rate, achieved_rate=achieved, events=worker.reader.count,
             distinct=len(worker.reader.numbers), e2e_p50_ms=percentile(e2e, 0.5), e2e_p99_ms=percentile(e2e, 0.99),
             processing_p50_ms=p50, processing_p99_ms=p99, seconds=seconds, warm_up_seconds=_warm(seconds),
             broker_p50_ms=broker_p50, broker_p99_ms=broker_p99, machine_busy_share=busy,
             worker_main_thread_wait_share=waited,
+            e2e_p99_by_third_ms=tuple(percentile(part, 0.99) for part in by_third),
+            broker_cpu_by_third=tuple(
+                None if broker is None else cpu_share_between(broker.samples, start / 1000, stop / 1000)
+                for start, stop in split_in_thirds(steady, end)
+            ),
         )
+
+
+def split_in_thirds(start: float, end: float) -> tuple[tuple[float, float], ...]:
+    """``start`` to ``end`` cut in three equal spans."""
+    step = (end - start) / 3
+    return tuple((start + i * step, start + (i + 1) * step) for i in range(3))
+
+
+def third_of(t: float, start: float, end: float) -> int:
+    """Which of ``split_in_thirds(start, end)`` holds ``t`` (0, 1 or 2; ``end`` is in the last)."""
+    if end <= start:
+        return 0
+    return min(2, max(0, int(3 * (t - start) / (end - start))))
 
 
 def run_broker_alone(run: Run, *, rate: float, seconds: float, payload_bytes: int) -> tuple[float | None, float | None]:

@@ -6,13 +6,17 @@ renamed, so the bench never reads half a file.
 
 The latency run also reads how busy the machine's CPUs were and how long the worker's main thread waited
 for one (``cpu_contention``): on a machine shared with the broker, Redis and the load, those waits are
-part of every event's latency, and the report should say when they were.
+part of every event's latency, and the report should say when they were. On the embedded broker it also
+samples the broker's own CPU through the run (``CpuSampler``): Tansu's cost per fetch grows with the
+batches a partition holds, so the same load costs it more at the end of a run than at the start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,6 +102,33 @@ def cpu_contention(before: CpuSnapshot, after: CpuSnapshot) -> tuple[float | Non
             and after.wall_ns > before.wall_ns:
         waited = (after.main_thread_wait_ns - before.main_thread_wait_ns) / (after.wall_ns - before.wall_ns)
     return busy, waited
+
+
+class CpuSampler:
+    """A process's CPU ticks against the wall clock, read at most every ``every_seconds`` when ``sample`` is
+    called: enough to tell its CPU share over any part of a run several samples long (``cpu_share_between``)."""
+
+    def __init__(self, pid: int, every_seconds: float = 0.25) -> None:
+        self.pid = pid
+        self.every_seconds = every_seconds
+        self.samples: list[tuple[float, int]] = []  # (time.time(), ticks)
+
+    def sample(self) -> None:
+        now = time.time()
+        if self.samples and now - self.samples[-1][0] < self.every_seconds:
+            return
+        # A process that is gone leaves its samples so far: they still say what it used while it ran.
+        with contextlib.suppress(OSError, ValueError):
+            self.samples.append((now, cpu_ticks(self.pid)))
+
+
+def cpu_share_between(samples: Sequence[tuple[float, int]], start: float, end: float) -> float | None:
+    """The share of one core used between wall times ``start`` and ``end``, from the first and last sample
+    inside; None with fewer than two there."""
+    inside = [s for s in samples if start <= s[0] <= end]
+    if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+        return None
+    return (inside[-1][1] - inside[0][1]) / CLOCK_TICKS_PER_SECOND / (inside[-1][0] - inside[0][0])
 
 
 def write_json(path: Path, document: dict[str, Any]) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -110,6 +110,12 @@ class LatencyResult:
     # wall time the worker's main thread was ready to run but waited for a CPU. None where Linux does not say.
     machine_busy_share: float | None = None
     worker_main_thread_wait_share: float | None = None
+    # The part after warm-up cut in three by input time: e2e p99 in each, and the embedded broker's CPU (share
+    # of one core) meanwhile; () where not measured, None in a third the bench cannot tell (no events, or a
+    # broker that is not its own). Tansu lists every batch a partition holds on each fetch, so its CPU grows
+    # through a run at a fixed rate; on real Kafka it does not.
+    e2e_p99_by_third_ms: tuple[float | None, ...] = ()
+    broker_cpu_by_third: tuple[float | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -242,6 +248,8 @@ def render_table(report: Report) -> str:
             f"p50 {_ms(lat.broker_p50_ms)}, "
             f"p99 {_ms(lat.broker_p99_ms)}; meanwhile the machine's CPUs were {_share(lat.machine_busy_share)} busy "
             f"and the worker's main thread waited for a CPU {_share(lat.worker_main_thread_wait_share)} of the time"
+            + (f"; by third of the run after warm-up: e2e p99 {_series(lat.e2e_p99_by_third_ms, _ms)}, the broker's "
+               f"CPU {_series(lat.broker_cpu_by_third, _share)} of a core" if lat.e2e_p99_by_third_ms else "")
         )
     if report.retry_path is not None:
         retry = report.retry_path
@@ -272,6 +280,10 @@ def _ms(value: float | None) -> str:
 
 def _share(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.0f}%"
+
+
+def _series(values: Sequence[float | None], show: Callable[[float | None], str]) -> str:
+    return ", ".join(show(v) for v in values)
 
 
 def _mb(value: float | None) -> str:

@@ -166,6 +166,8 @@ class Run:
     # The fetch wait of the latency and retry-path runs' workers (and of the broker-alone run's reader);
     # None: the settings' own.
     paced_fetch_wait_ms: int | None = None
+    # The embedded broker's process, when the bench started it (the latency run samples its CPU).
+    broker_pid: int | None = None
 
     @property
     def paced_fetch_wait(self) -> int:

@@ -272,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run only these variants, comma-separated (a,b0,b,c,d,e); the rest are reported skipped")
     bench.add_argument("--latency", action="store_true",
                        help="also run (c) for 10 s at 50%% of its measured maximum rate and report its end-to-end "
-                       "p50/p99 beside the broker's own (and how busy the CPUs were meanwhile), and its retry "
+                       "p50/p99 beside the broker's own (and how busy the CPUs were meanwhile; its p99 and the "
+                       "embedded broker's CPU by third of the run), and its retry "
                        "path at 5%% (every first attempt fails): events started before their due time, and the "
                        "lateness after it")
     bench.add_argument("--soak", type=_duration, default=0.0, metavar="DURATION",

@@ -23,10 +23,14 @@ from processor.bench import (
     missing_servers,
     paced_fetch_wait,
 )
+from processor.bench_latency import split_in_thirds, third_of
 from processor.bench_loops import LoopSpec
 from processor.bench_proc import (
+    CLOCK_TICKS_PER_SECOND,
+    CpuSampler,
     CpuSnapshot,
     cpu_contention,
+    cpu_share_between,
     cpu_snapshot,
     parse_cpu_ticks,
     parse_machine_cpu,
@@ -147,10 +151,20 @@ def test_table_shows_the_latency_mode() -> None:
             "p99 31.0 ms") in text
     assert "meanwhile the machine's CPUs were 79% busy and the worker's main thread waited for a CPU 28% of the " \
            "time" in " ".join(text.split())
-    assert orjson.loads(orjson.dumps(with_latency.as_json()))["latency"] == dataclasses.asdict(latency)
+    # Every field, tuples as JSON lists.
+    assert orjson.loads(orjson.dumps(with_latency.as_json()))["latency"] == orjson.loads(
+        orjson.dumps(dataclasses.asdict(latency)))
+    assert "by third" not in text  # not measured: nothing to show
     unknown = br.render_table(report(latency=dataclasses.replace(latency, machine_busy_share=None,
                                                                  worker_main_thread_wait_share=None)))
     assert "CPUs were - busy and the worker's main thread waited for a CPU - of the time" in " ".join(unknown.split())
+    thirds = dataclasses.replace(latency, e2e_p99_by_third_ms=(40.0, 52.5, None),
+                                 broker_cpu_by_third=(0.271, 0.45, None))
+    shown = " ".join(br.render_table(report(latency=thirds)).split())
+    assert ("by third of the run after warm-up: e2e p99 40.0 ms, 52.5 ms, -, the broker's CPU 27%, 45%, - of a "
+            "core") in shown
+    assert orjson.loads(orjson.dumps(report(latency=thirds).as_json()))["latency"]["broker_cpu_by_third"] == [
+        0.271, 0.45, None]
 
 
 # -- JSON --------------------------------------------------------------------------------------------------
@@ -267,6 +281,39 @@ def test_cpu_snapshots_of_this_process_see_it_spin() -> None:
     assert 0 < busy <= 1
     assert waited is not None
     assert 0 <= waited <= 1
+
+
+def test_cpu_share_between_two_times_comes_from_the_samples_inside() -> None:
+    hz = CLOCK_TICKS_PER_SECOND
+    samples = [(10.0, 0), (11.0, hz // 2), (12.0, hz), (13.0, 3 * hz)]
+    assert cpu_share_between(samples, 10.0, 12.0) == pytest.approx(0.5)
+    assert cpu_share_between(samples, 11.5, 13.0) == pytest.approx(2.0)  # two cores' worth
+    assert cpu_share_between(samples, 10.5, 11.9) is None  # one sample inside: no span to divide by
+    assert cpu_share_between([], 0.0, 1.0) is None
+
+
+def test_cpu_sampler_reads_at_most_every_so_often_and_sees_this_process_spin() -> None:
+    sampler = CpuSampler(os.getpid(), every_seconds=0.05)
+    started = time.time()
+    while time.time() < started + 0.4:
+        sampler.sample()
+    # Called thousands of times, read about every 50 ms.
+    assert 4 <= len(sampler.samples) <= 10
+    share = cpu_share_between(sampler.samples, started, time.time())
+    assert share is not None
+    assert share > 0
+
+
+def test_cpu_sampler_of_a_process_that_is_gone_keeps_what_it_had() -> None:
+    sampler = CpuSampler(2**22 + 7)  # above the kernel's largest pid: no such process
+    sampler.sample()
+    assert sampler.samples == []
+
+
+def test_a_run_is_cut_in_thirds_by_input_time() -> None:
+    assert split_in_thirds(0.0, 9.0) == ((0.0, 3.0), (3.0, 6.0), (6.0, 9.0))
+    assert [third_of(t, 0.0, 9.0) for t in (0.0, 2.99, 3.0, 6.0, 9.0)] == [0, 0, 1, 2, 2]
+    assert third_of(5.0, 5.0, 5.0) == 0  # a run of one instant
 
 
 def test_status_lines_are_read_by_name() -> None:
