@@ -253,9 +253,10 @@ def bench_command(options: BenchOptions, environ: Mapping[str, str] | None = Non
             embedded = {"KAFKA_BOOTSTRAP_SERVERS": kafka.address, "REDIS_URL": f"redis://{redis_server.address}/0"}
             settings = Settings.load(env, overrides={name: embedded[name] for name in missing})
             wait = paced_fetch_wait(env, missing)
-            broker_pid = kafka.pid if "KAFKA_BOOTSTRAP_SERVERS" in missing else None
-            report = run_bench(settings, options, describe_backend(settings, missing), progress, wait, broker_pid)
-            if options.latency and "KAFKA_BOOTSTRAP_SERVERS" in missing:
+            own_broker = "KAFKA_BOOTSTRAP_SERVERS" in missing
+            report = run_bench(settings, options, describe_backend(settings, missing), progress, wait,
+                               kafka.pid if own_broker else None)
+            if options.latency and own_broker:
                 note = tansu_latency_note(wait or settings.kafka_fetch_max_wait_ms)
                 report = dataclasses.replace(report, notes=(*report.notes, note))
     print(br.render_table(report))

@@ -134,12 +134,11 @@ def run_latency(run: Run, log_dir: Path, *, rate: float, seconds: float, payload
         p50, p99 = histogram_percentiles(worker.launch, events)
         steady = min(inputs) + _warm(seconds) * 1000
         end = max(inputs)
-        e2e: list[float] = []
         by_third: tuple[list[float], ...] = ([], [], [])
         for n, ts in worker.reader.records:
             if 0 <= n < events and inputs[n] >= steady:
-                e2e.append(ts - inputs[n])
                 by_third[third_of(inputs[n], steady, end)].append(ts - inputs[n])
+        e2e = [*by_third[0], *by_third[1], *by_third[2]]
         return LatencyResult(
             target_rate=rate, achieved_rate=achieved, events=worker.reader.count,
             distinct=len(worker.reader.numbers), e2e_p50_ms=percentile(e2e, 0.5), e2e_p99_ms=percentile(e2e, 0.99),
