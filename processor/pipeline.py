@@ -1,4 +1,4 @@
-"""The path of a batch of events from one partition, top to bottom, with no Faust in sight:
+"""The path of a batch of events (from one or more partitions), top to bottom, with no Faust in sight:
 
     decode/validate -> dedup claim -> handler (breaker, timeout) -> store results and produce, waiting for
     both (the broker's acks) -> mark done / release claims
@@ -119,7 +119,7 @@ class Pipeline:
         self._labels = (topology, spec.name)
 
     async def run(self, records: Sequence[InRecord]) -> float | None:
-        """Process ``records`` (one partition, in order) to completion; see the module docstring.
+        """Process ``records`` (each partition's in offset order) to completion; see the module docstring.
 
         Returns the batch's time in handler calls per event that ran its handler (None if none did):
         the part of a batch's run time that grows with its size, by which the partition queues size

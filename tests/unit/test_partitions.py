@@ -37,17 +37,17 @@ class Recorder:
 
     async def run(self, records: Sequence[InRecord]) -> float | None:
         partitions = {r.partition for r in records}
-        assert len(partitions) == 1
-        (p,) = partitions
-        self.in_flight[p] = self.in_flight.get(p, 0) + 1
-        self.max_in_flight[p] = max(self.max_in_flight.get(p, 0), self.in_flight[p])
+        for p in partitions:
+            self.in_flight[p] = self.in_flight.get(p, 0) + 1
+            self.max_in_flight[p] = max(self.max_in_flight.get(p, 0), self.in_flight[p])
         self.runs.append([(r.partition, r.offset) for r in records])
         if self.clock is not None:
             self.run_times.append(self.clock())
         try:
             await self.gate.wait()
         finally:
-            self.in_flight[p] -= 1
+            for p in partitions:
+                self.in_flight[p] -= 1
         return self.work(len(records))
 
     def ack(self, tp: int, records: Sequence[InRecord]) -> None:
@@ -187,17 +187,90 @@ async def test_one_batch_in_flight_per_partition_and_acks_after_run() -> None:
     await q.drain(1.0)
 
 
-async def test_partitions_run_independently() -> None:
+async def test_partitions_queued_together_run_as_one_batch_and_each_is_acked_in_order() -> None:
+    r = Recorder()
+    q = r.queues()
+    q.put(0, [rec(0, 0), rec(0, 1)])  # as the consumer puts a fetch: every partition before the loop turns
+    q.put(1, [rec(1, 5)])
+    q.put(2, [rec(2, 9), rec(2, 10)])
+    await until(lambda: len(r.acks) == 5)
+    assert len(r.runs) == 1
+    assert sorted(r.runs[0]) == [(0, 0), (0, 1), (1, 5), (2, 9), (2, 10)]
+    for partition in (0, 1, 2):  # each partition's records in offset order, in the batch and in its acks
+        assert [o for p, o in r.runs[0] if p == partition] == sorted(o for p, o in r.runs[0] if p == partition)
+    assert [o for p, o in r.acks if p == 2] == [9, 10]
+    await q.drain(1.0)
+
+
+async def test_a_partition_in_flight_does_not_hold_another_that_comes_meanwhile() -> None:
     r = Recorder()
     r.gate.clear()
     q = r.queues()
     q.put(0, [rec(0, 0)])
+    await until(lambda: len(r.runs) == 1)
     q.put(1, [rec(1, 0)])
-    await until(lambda: len(r.runs) == 2)  # both in flight at once
-    assert r.max_in_flight == {0: 1, 1: 1}
+    q.put(0, [rec(0, 1)])  # waits for partition 0's batch in flight
+    await until(lambda: len(r.runs) == 2)  # both batches in flight at once
+    assert r.runs == [[(0, 0)], [(1, 0)]]
+    assert r.in_flight == {0: 1, 1: 1}
     r.gate.set()
+    await until(lambda: len(r.acks) == 3)
+    assert r.runs[2] == [(0, 1)]
+    assert r.max_in_flight == {0: 1, 1: 1}
+    await q.drain(1.0)
+
+
+async def test_partitions_share_a_batch_evenly_then_share_what_one_leaves() -> None:
+    r = Recorder()
+    q = r.queues(max_batch=6)
+    r.work = lambda n: 0.0  # timed and free: full batches
+    q.put(9, [rec(9, 0)])  # one timed batch first, so that the next ones are max_batch
+    await until(lambda: len(r.acks) == 1)
+    r.gate.clear()
+    q.put(0, [rec(0, o) for o in range(10)])
+    q.put(1, [rec(1, o) for o in range(10)])
+    q.put(2, [rec(2, 0)])
+    await until(lambda: len(r.runs) == 2)
+    counts = {p: sum(1 for q_, _ in r.runs[1] if q_ == p) for p in (0, 1, 2)}
+    assert counts[2] == 1
+    assert counts[0] + counts[1] == 5  # an even share is 2; the one partition 2 left went to the others
+    assert min(counts[0], counts[1]) >= 2
+    r.gate.set()
+    await until(lambda: len(r.acks) == 22)
+    assert sizes(r)[1:] == [6, 6, 6, 3]
+    await q.drain(1.0)
+
+
+async def test_a_batch_too_small_for_every_partition_leaves_a_different_one_out_each_time() -> None:
+    r = Recorder()
+    q = r.queues(max_batch=1)
+    for p in (0, 1):
+        q.put(p, [rec(p, o) for o in range(3)])
+    await until(lambda: len(r.acks) == 6)
+    assert sizes(r) == [1] * 6
+    assert [batch[0][0] for batch in r.runs[:2]] in ([0, 1], [1, 0])  # neither waits for the other to drain
+    await q.drain(1.0)
+
+
+async def test_a_batch_that_raises_is_run_again_unacked_after_a_back_off() -> None:
+    r = Recorder()
+    failures = [RuntimeError("a bug")]
+    inner = r.run
+
+    async def run(records: Sequence[InRecord]) -> float | None:
+        result = await inner(records)
+        if failures:
+            raise failures.pop()
+        return result
+
+    q = PartitionQueues(run, r.ack, r.pause, r.resume)
+    q._retry_seconds = 0.01  # the first back-off, shortened for the test
+    q.put(0, [rec(0, 0)])
+    q.put(1, [rec(1, 0)])
     await until(lambda: len(r.acks) == 2)
-    assert sorted(r.acks) == [(0, 0), (1, 0)]
+    assert len(r.runs) == 2
+    assert sorted(r.runs[0]) == sorted(r.runs[1]) == [(0, 0), (1, 0)]
+    assert sorted(r.acks) == [(0, 0), (1, 0)]  # acked once, after the run that succeeded
     await q.drain(1.0)
 
 
