@@ -1,14 +1,15 @@
-"""Per-partition queues, run a batch at a time: one batch in flight per partition, in offset order, acked only
-when done.
+"""Per-partition queues, run in batches across partitions: each partition in one batch in flight at most, in
+offset order, acked only when done.
 
 The consumer hands every fetched batch to ``put``; one task takes the due records at the head of every
-partition with no batch in flight, as one batch across those partitions, runs it, and only then acks each
-partition's records. A fetch brings records of several partitions at once, and one batch for all of them
-pays the fixed cost of a batch (a Redis round trip per step, a produce and its acks, the tasks and metrics)
-once rather than once per partition: at a fixed 3 000 and 10 000 events/s on three partitions the worker
-spent 9-30% less CPU per event than with a batch per partition (two alternating pairs at each rate, README). A partition
-whose batch is in flight waits for it while the others go on in the next batch. A record that is not due
-yet (a retry tier's) holds its partition until the due time, while every other partition goes on.
+partition with no batch in flight, partition after partition into one batch until it is full, then into
+the next, starts those batches, and acks each partition's records once its batch is done. A fetch brings
+records of several partitions at once: when they are few, one batch for all of them pays the fixed cost of
+a batch (a Redis round trip per step, a produce and its acks, the tasks and metrics) once rather than once
+per partition (measured in the README's Performance section); with a backlog each partition fills a batch
+of its own, and those run side by side, one waiting on Redis or the broker while another works. A
+partition whose batch is in flight waits for it while the others go on in the next batch. A record that is
+not due yet (a retry tier's) holds its partition until the due time, while every other partition goes on.
 Fetching goes on meanwhile (the records behind are due later, and are then at hand without a fetch round
 trip); a queue that grows past ``high_water`` pauses its partition at the consumer, until it drains below
 ``low_water``, and so does the breaker (``pause_all``).
@@ -28,7 +29,7 @@ is delivered, so 500 calls of 10 ms in one batch would make each of them look li
 of a batch (a Redis round trip per step, the broker's acks) and waits for another worker's claims do not
 count: they do not shrink with the batch, and counting them made a loaded machine (slower round trips)
 shrink batches, which multiplied the round trips: a spiral down to ``min_batch`` and a fraction of the
-throughput. The partitions share a batch's records evenly, then share what one of them leaves unused.
+throughput.
 
 Pausing may make the consumer drop records it had already fetched for the partition (Faust does), so
 ``resume`` is told the next offset the queue expects, and the caller seeks there; a record delivered
@@ -104,7 +105,6 @@ class PartitionQueues(Generic[TP]):
         self._retry_seconds = 1.0
         self._wake = asyncio.Event()
         self._scheduler: asyncio.Task[None] | None = None
-        self._turn = 0  # which ready partition comes first in the next batch
 
     def put(self, tp: TP, records: Sequence[InRecord]) -> None:
         """Queue consumed records of ``tp``, in offset order; ``ack`` is called with them once run."""
@@ -167,19 +167,21 @@ class PartitionQueues(Generic[TP]):
             while not self._stopping:
                 self._wake.clear()  # before looking: a put from now on wakes the wait below
                 now_ms = self._clock() * 1000
-                shares, next_due_ms = self._take_ready(now_ms)
-                if shares:
+                batches, next_due_ms = self._take_ready(now_ms)
+                for shares in batches:
                     batch = asyncio.ensure_future(self._run_and_ack(shares))
                     for _, part, _ in shares:
                         part.in_flight = batch
+                if batches:
                     continue
                 timeout = None if next_due_ms is None else max(0.0, next_due_ms - now_ms) / 1000
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
 
-    def _take_ready(self, now_ms: float) -> tuple[list[_Share[TP]], float | None]:
-        """The next batch: the due records of every partition with none in flight (the same "now" decides
-        both); and, when there are none, when the first held one is due (None: nothing is waiting)."""
+    def _take_ready(self, now_ms: float) -> tuple[list[list[_Share[TP]]], float | None]:
+        """The next batches: the due records of every partition with none in flight (the same "now" decides
+        both), partition after partition into a batch until it is full, then into the next; and, when there
+        are none, when the first held partition is due (None: nothing is waiting)."""
         ready: list[tuple[TP, _Partition]] = []
         next_due_ms: float | None = None
         for tp, part in self._partitions.items():
@@ -194,18 +196,18 @@ class PartitionQueues(Generic[TP]):
             ready.append((tp, part))
         if not ready:
             return [], next_due_ms
-        # The first in line takes its share first: turn by turn, so a batch too small for every partition
-        # leaves a different one out each time.
-        first = self._turn % len(ready)
-        self._turn += 1
-        shares: list[_Share[TP]] = [(tp, part, []) for tp, part in ready[first:] + ready[:first]]
-        room = size = self.batch_size()
-        for limit in (-(-size // len(shares)), size):  # an even share each, then what the others left
-            for _, part, records in shares:
-                taken = len(records)
-                _take_due(part.queue, now_ms, min(limit, taken + room), records)
-                room -= len(records) - taken
-        return [share for share in shares if share[2]], next_due_ms
+        size = self.batch_size()
+        batches: list[list[_Share[TP]]] = [[]]
+        room = size
+        for tp, part in ready:
+            if not room:
+                batches.append([])
+                room = size
+            records: list[InRecord] = []
+            _take_due(part.queue, now_ms, room, records)  # at least the head: it is due
+            batches[-1].append((tp, part, records))
+            room -= len(records)
+        return batches, next_due_ms
 
     async def _run_and_ack(self, shares: list[_Share[TP]]) -> None:
         records = [record for _, _, batch in shares for record in batch]
@@ -286,7 +288,7 @@ class PartitionQueues(Generic[TP]):
 
 
 def _take_due(queue: deque[InRecord], now_ms: float, limit: int, into: list[InRecord]) -> None:
-    """Move due records from the head of ``queue`` to ``into`` until it holds ``limit``."""
+    """Move up to ``limit`` due records from the head of ``queue`` to ``into``."""
     while queue and len(into) < limit and due_at_ms(queue[0].headers) <= now_ms:
         into.append(queue.popleft())
 

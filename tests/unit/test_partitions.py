@@ -220,7 +220,7 @@ async def test_a_partition_in_flight_does_not_hold_another_that_comes_meanwhile(
     await q.drain(1.0)
 
 
-async def test_partitions_share_a_batch_evenly_then_share_what_one_leaves() -> None:
+async def test_a_full_batch_leaves_the_other_partitions_a_batch_of_their_own_at_once() -> None:
     r = Recorder()
     q = r.queues(max_batch=6)
     r.work = lambda n: 0.0  # timed and free: full batches
@@ -230,25 +230,34 @@ async def test_partitions_share_a_batch_evenly_then_share_what_one_leaves() -> N
     q.put(0, [rec(0, o) for o in range(10)])
     q.put(1, [rec(1, o) for o in range(10)])
     q.put(2, [rec(2, 0)])
-    await until(lambda: len(r.runs) == 2)
-    counts = {p: sum(1 for q_, _ in r.runs[1] if q_ == p) for p in (0, 1, 2)}
-    assert counts[2] == 1
-    assert counts[0] + counts[1] == 5  # an even share is 2; the one partition 2 left went to the others
-    assert min(counts[0], counts[1]) >= 2
+    await until(lambda: len(r.runs) >= 3)
+    await settle()
+    started = r.runs[1:]  # side by side, all in flight at once: each partition is in one of them
+    assert sum(len(batch) for batch in started) == 13
+    assert max(len(batch) for batch in started) == 6
+    partitions = [p for batch in started for p in {p for p, _ in batch}]
+    assert sorted(partitions) == [0, 1, 2]
     r.gate.set()
     await until(lambda: len(r.acks) == 22)
-    assert sizes(r)[1:] == [6, 6, 6, 3]
+    for partition in (0, 1):
+        assert r.offsets(partition) == list(range(10))
     await q.drain(1.0)
 
 
-async def test_a_batch_too_small_for_every_partition_leaves_a_different_one_out_each_time() -> None:
+async def test_with_a_backlog_each_partition_fills_batches_of_its_own_side_by_side() -> None:
     r = Recorder()
+    r.gate.clear()
     q = r.queues(max_batch=1)
     for p in (0, 1):
         q.put(p, [rec(p, o) for o in range(3)])
+    await until(lambda: len(r.runs) == 2)
+    await settle()
+    assert sorted(r.runs) == [[(0, 0)], [(1, 0)]]  # neither waits for the other to drain
+    assert r.in_flight == {0: 1, 1: 1}
+    r.gate.set()
     await until(lambda: len(r.acks) == 6)
     assert sizes(r) == [1] * 6
-    assert [batch[0][0] for batch in r.runs[:2]] in ([0, 1], [1, 0])  # neither waits for the other to drain
+    assert r.max_in_flight == {0: 1, 1: 1}
     await q.drain(1.0)
 
 
