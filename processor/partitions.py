@@ -174,9 +174,11 @@ class PartitionQueues(Generic[TP]):
                         part.in_flight = batch
                 if batches:
                     continue
-                timeout = None if next_due_ms is None else max(0.0, next_due_ms - now_ms) / 1000
+                if next_due_ms is None:
+                    await self._wake.wait()
+                    continue
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                    await asyncio.wait_for(self._wake.wait(), max(0.0, next_due_ms - now_ms) / 1000)
 
     def _take_ready(self, now_ms: float) -> tuple[list[list[_Share[TP]]], float | None]:
         """The next batches: the due records of every partition with none in flight (the same "now" decides
@@ -203,8 +205,7 @@ class PartitionQueues(Generic[TP]):
             if not room:
                 batches.append([])
                 room = size
-            records: list[InRecord] = []
-            _take_due(part.queue, now_ms, room, records)  # at least the head: it is due
+            records = _take_due(part.queue, now_ms, room)  # at least the head: it is due
             batches[-1].append((tp, part, records))
             room -= len(records)
         return batches, next_due_ms
@@ -287,10 +288,12 @@ class PartitionQueues(Generic[TP]):
             self._resume(tp, part.next_offset)
 
 
-def _take_due(queue: deque[InRecord], now_ms: float, limit: int, into: list[InRecord]) -> None:
-    """Move up to ``limit`` due records from the head of ``queue`` to ``into``."""
-    while queue and len(into) < limit and due_at_ms(queue[0].headers) <= now_ms:
-        into.append(queue.popleft())
+def _take_due(queue: deque[InRecord], now_ms: float, limit: int) -> list[InRecord]:
+    """Up to ``limit`` due records, taken from the head of ``queue``."""
+    taken: list[InRecord] = []
+    while queue and len(taken) < limit and due_at_ms(queue[0].headers) <= now_ms:
+        taken.append(queue.popleft())
+    return taken
 
 
 def _where(shares: Sequence[_Share[Any]]) -> str:
