@@ -223,8 +223,7 @@ async def test_a_partition_in_flight_does_not_hold_another_that_comes_meanwhile(
 async def test_a_full_batch_leaves_the_other_partitions_a_batch_of_their_own_at_once() -> None:
     r = Recorder()
     q = r.queues(max_batch=6)
-    r.work = lambda n: 0.0  # timed and free: full batches
-    q.put(9, [rec(9, 0)])  # one timed batch first, so that the next ones are max_batch
+    q.put(9, [rec(9, 0)])  # one timed batch first (free records: r.work), so that the next ones are max_batch
     await until(lambda: len(r.acks) == 1)
     r.gate.clear()
     q.put(0, [rec(0, o) for o in range(10)])
