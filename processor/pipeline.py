@@ -238,8 +238,21 @@ class Pipeline:
     # -- handler ---------------------------------------------------------------------------------------
 
     async def _handle_all(self, works: list[_Work]) -> None:
-        """Run the handler over ``works``: events with the same key in offset order, and up to
-        ``spec.concurrency`` keys at once (one at a time when concurrency is 1)."""
+        """Run the handler over ``works``, each partition's (topic and partition) side by side and each as
+        ``_handle_partition`` runs it. A batch may hold several partitions (processor.partitions), and
+        ``concurrency`` is per partition, as when each partition's records were a batch of their own: one
+        slow handler call holds back only the events behind it on its partition."""
+        partitions: dict[tuple[str, int], list[_Work]] = {}
+        for work in works:
+            partitions.setdefault((work.record.topic, work.record.partition), []).append(work)
+        if len(partitions) == 1:
+            await self._handle_partition(works)
+            return
+        await asyncio.gather(*(self._handle_partition(part) for part in partitions.values()))
+
+    async def _handle_partition(self, works: list[_Work]) -> None:
+        """Run the handler over one partition's ``works``: events with the same key in offset order, and up
+        to ``spec.concurrency`` keys at once (one at a time when concurrency is 1)."""
         if self.spec.concurrency == 1:
             await self._handle_chain(works)
             return

@@ -92,6 +92,8 @@ async def handle(event: dict[str, Any], ctx: Context) -> list[Output]:
         raise FatalError("negative amount")
     if action == "slow":
         await asyncio.sleep(event["sleep"])
+    if action == "track":
+        await ctx.dependency("track")(ctx.partition)
     if action == "pause_redis_writes":
         await ctx.dependency("pause_redis_writes")()
     if action == "undeclared":
@@ -165,6 +167,28 @@ async def test_in_batch_duplicates_run_once(backend: Backend, unique: str) -> No
         assert [orjson.loads(r.value or b"")["id"] for r in hx.sink.to("out")] == ["a", "b"]
         assert hx.count("duplicate") == 2
         assert hx.count("success") == 2
+
+
+async def test_partitions_in_one_batch_run_side_by_side_each_one_event_at_a_time(
+    backend: Backend, unique: str
+) -> None:
+    running: dict[int, int] = {}
+    most = {"all": 0, 2: 0, 3: 0}
+
+    async def track(partition: int) -> None:
+        running[partition] = running.get(partition, 0) + 1
+        most[partition] = max(most[partition], running[partition])
+        most["all"] = max(most["all"], sum(running.values()))
+        await asyncio.sleep(0.05)
+        running[partition] -= 1
+
+    async with harness(backend, unique, dependencies={"track": track}) as hx:
+        records = [replace(record(f"p{p}-{o}", o, "track"), partition=p) for p in (2, 3) for o in range(3)]
+        await hx.pipeline.run(records)
+        # concurrency 1 is per partition, as when each partition's records were a batch of their own
+        assert most == {"all": 2, 2: 1, 3: 1}
+        assert hx.calls == ["p2-0", "p3-0", "p2-1", "p3-1", "p2-2", "p3-2"]
+        assert hx.count("success") == 6
 
 
 async def test_invalid_record_goes_to_the_dlq_without_running(backend: Backend, unique: str) -> None:
