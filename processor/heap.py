@@ -3,8 +3,8 @@
 A worker's RSS rose 60-120 MB/h in soaks, and none of it was in use: at 2 000 events/s, glibc's heaps grew
 from 21 to 38 MB in six minutes while the memory allocated on them stayed at about 18 MB, as did the Python
 objects and, after the first 90 s, pymalloc's arenas. The rest was freed chunks glibc kept. Records, fetch and
-delivery buffers are allocated by one thread and freed by another (the consumer thread, the event loop, the
-delivery thread, librdkafka's own), and glibc gives each thread an arena of its own, up to 8 per core, each
+delivery buffers are allocated by one thread and freed by another (then the consumer thread, the event loop,
+the delivery thread, librdkafka's own), and glibc gives each thread an arena of its own, up to 8 per core, each
 fragmenting by itself. Two arenas (``MALLOC_ARENA_MAX``, 2 by default: processor.config) and
 ``malloc_trim(0)`` every ``TRIM_INTERVAL_SECONDS`` (0.2-9 ms, off the event loop) held the RSS at 97-101 MB
 from the second minute of a five-minute soak to its end, 90-93 MB just after each trim; 97 to 109 MB without
