@@ -54,6 +54,7 @@ class _ConsumerOnLoop(faust_aiokafka.AIOKafkaConsumerThread):
         # What ServiceThread.start does, with a task where it starts a thread running the same _serve.
         self._thread_started.set()
         self._thread_running = self.parent_loop.create_future()
+        # Held for the consumer's life: the loop keeps only a weak reference to a task.
         self._serving = self.parent_loop.create_task(self._serve())
         try:
             await self._thread_running  # set, or failed, by _serve once the consumer has started
