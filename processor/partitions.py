@@ -2,8 +2,9 @@
 offset order, acked only when done.
 
 The consumer hands every fetched batch to ``put``; one task takes the due records at the head of every
-partition with no batch in flight, partition after partition into one batch until it is full, then into
-the next, starts those batches, and acks each partition's records once its batch is done. A fetch brings
+partition with no batch in flight (up to a batch's size from each), partition after partition into one
+batch while they fit in it, into the next when they do not, starts those batches, and acks each
+partition's records once its batch is done. A fetch brings
 records of several partitions at once: when they are few, one batch for all of them pays the fixed cost of
 a batch (a Redis round trip per step, a produce and its acks, the tasks and metrics) once rather than once
 per partition (measured in the README's Performance section); with a backlog each partition fills a batch
@@ -182,8 +183,9 @@ class PartitionQueues(Generic[TP]):
 
     def _take_ready(self, now_ms: float) -> tuple[list[list[_Share[TP]]], float | None]:
         """The next batches: the due records of every partition with none in flight (the same "now" decides
-        both), partition after partition into a batch until it is full, then into the next; and, when there
-        are none, when the first held partition is due (None: nothing is waiting)."""
+        both), up to a batch of each, partition after partition into a batch while they fit, into the next
+        when they do not; and, when there are none, when the first held partition is due (None: nothing is
+        waiting)."""
         ready: list[tuple[TP, _Partition]] = []
         next_due_ms: float | None = None
         for tp, part in self._partitions.items():
@@ -202,10 +204,13 @@ class PartitionQueues(Generic[TP]):
         batches: list[list[_Share[TP]]] = [[]]
         room = size
         for tp, part in ready:
-            if not room:
+            records = _take_due(part.queue, now_ms, size)  # at least the head: it is due
+            if len(records) > room:
+                # A batch of its own rather than the room left: a partition that came last into full
+                # batches got only their remainders, batch after batch, and fell behind the others
+                # (one partition 400 ms behind for seconds at 12 000 events/s, the rest at 80 ms).
                 batches.append([])
                 room = size
-            records = _take_due(part.queue, now_ms, room)  # at least the head: it is due
             batches[-1].append((tp, part, records))
             room -= len(records)
         return batches, next_due_ms

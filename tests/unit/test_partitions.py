@@ -243,6 +243,24 @@ async def test_a_full_batch_leaves_the_other_partitions_a_batch_of_their_own_at_
     await q.drain(1.0)
 
 
+async def test_a_partition_that_does_not_fit_the_room_left_gets_a_batch_of_its_own_not_the_remainder() -> None:
+    r = Recorder()
+    q = r.queues(max_batch=6)
+    q.put(9, [rec(9, 0)])  # one timed batch first (free records: r.work), so that the next ones are max_batch
+    await until(lambda: len(r.acks) == 1)
+    r.gate.clear()
+    q.put(0, [rec(0, o) for o in range(5)])
+    q.put(1, [rec(1, o) for o in range(5)])
+    await until(lambda: len(r.runs) >= 3)
+    await settle()
+    # Partition 1 used to get the one record of room partition 0 left, then wait for that batch: a
+    # partition that came last into full batches fell behind the others, batch after batch.
+    assert sorted(r.runs[1:]) == [[(0, o) for o in range(5)], [(1, o) for o in range(5)]]
+    r.gate.set()
+    await until(lambda: len(r.acks) == 11)
+    await q.drain(1.0)
+
+
 async def test_with_a_backlog_each_partition_fills_batches_of_its_own_side_by_side() -> None:
     r = Recorder()
     r.gate.clear()
