@@ -220,12 +220,19 @@ async def test_a_partition_in_flight_does_not_hold_another_that_comes_meanwhile(
     await q.drain(1.0)
 
 
-async def test_a_full_batch_leaves_the_other_partitions_a_batch_of_their_own_at_once() -> None:
+async def held_full_batches(max_batch: int) -> tuple[Recorder, PartitionQueues[int]]:
+    """Queues whose next batches are ``max_batch`` records (one timed batch of free records has run: r.work),
+    with the runs held at the gate."""
     r = Recorder()
-    q = r.queues(max_batch=6)
-    q.put(9, [rec(9, 0)])  # one timed batch first (free records: r.work), so that the next ones are max_batch
+    q = r.queues(max_batch=max_batch)
+    q.put(9, [rec(9, 0)])
     await until(lambda: len(r.acks) == 1)
     r.gate.clear()
+    return r, q
+
+
+async def test_a_full_batch_leaves_the_other_partitions_a_batch_of_their_own_at_once() -> None:
+    r, q = await held_full_batches(max_batch=6)
     q.put(0, [rec(0, o) for o in range(10)])
     q.put(1, [rec(1, o) for o in range(10)])
     q.put(2, [rec(2, 0)])
@@ -244,11 +251,7 @@ async def test_a_full_batch_leaves_the_other_partitions_a_batch_of_their_own_at_
 
 
 async def test_a_partition_that_does_not_fit_the_room_left_gets_a_batch_of_its_own_not_the_remainder() -> None:
-    r = Recorder()
-    q = r.queues(max_batch=6)
-    q.put(9, [rec(9, 0)])  # one timed batch first (free records: r.work), so that the next ones are max_batch
-    await until(lambda: len(r.acks) == 1)
-    r.gate.clear()
+    r, q = await held_full_batches(max_batch=6)
     q.put(0, [rec(0, o) for o in range(5)])
     q.put(1, [rec(1, o) for o in range(5)])
     await until(lambda: len(r.runs) >= 3)
