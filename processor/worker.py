@@ -184,6 +184,7 @@ def build_handler_app(topology: Topology, spec: HandlerSpec, runtime: Runtime) -
     )
     validator = compile_schema(topology.schemas_dir, spec.schema) if spec.schema else None
     metrics = runtime.metrics
+    metrics.declare_handler(topology.name, spec.name)
     dedup = Dedup(
         runtime.redis, group=group, owner=runtime.owner,
         lease_seconds=topology.claim_lease_seconds, ttl_seconds=topology.dedup_ttl_seconds,
