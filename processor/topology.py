@@ -7,6 +7,7 @@ consumer groups (one Faust app per handler).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -83,11 +84,12 @@ class HandlerSpec:
     concurrency: int
 
     def retry_topic(self, tier: int) -> str:
-        return f"{self.source}.{self.name}.retry.{self.retry.tier_names()[tier]}"
+        return self.retry_topics[tier]
 
-    @property
+    @functools.cached_property
     def retry_topics(self) -> tuple[str, ...]:
-        return tuple(self.retry_topic(i) for i in range(len(self.retry.tier_names())))
+        # Built once: the pipeline reads them for every record it routes or traces.
+        return tuple(f"{self.source}.{self.name}.retry.{name}" for name in self.retry.tier_names())
 
     @property
     def dlq_topic(self) -> str:
