@@ -333,14 +333,19 @@ class Pipeline:
         return attributes
 
     def _send_span(self, out: OutRecord, parent: Span | None, sends: list[Span], failed: bool = False) -> OutRecord:
-        """Give ``out`` a ``send`` span under ``parent`` and the trace headers that continue it."""
+        """Give ``out`` a ``send`` span under ``parent`` (a sampled one) and the trace headers that continue it."""
         if parent is None:
             return out
-        attributes: dict[str, str | int | bool] = {}
-        if out.topic in self.spec.retry_topics:
-            attributes["processor.retry.tier"] = self.spec.retry.tier_names()[self.spec.retry_topics.index(out.topic)]
-        span = self._tracing.start_send(parent, out.topic, out.key, attributes)
-        sends.append(span)
+        # Not sampled: its send span would not be sampled either, so nothing would export it; the record carries
+        # the process span's context instead (the trace id and the "not sampled" flag that consumers continue).
+        span = parent
+        if parent.get_span_context().trace_flags.sampled:
+            attributes: dict[str, str | int | bool] = {}
+            tiers = self.spec.retry_topics
+            if out.topic in tiers:
+                attributes["processor.retry.tier"] = self.spec.retry.tier_names()[tiers.index(out.topic)]
+            span = self._tracing.start_send(parent, out.topic, out.key, attributes)
+            sends.append(span)
         headers = with_trace_headers(out.headers, span)
         if failed:
             headers.append((FAILED_SPAN_HEADER, dict(Tracing.headers_of(parent))["traceparent"]))

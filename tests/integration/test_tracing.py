@@ -170,3 +170,29 @@ async def test_processing_histogram_carries_trace_id_exemplars(backend: Backend,
     lines = [line for line in buckets if "#" in line]
     assert lines, "no exemplar in the OpenMetrics exposition"
     assert 'trace_id="' in lines[0]
+
+
+async def test_an_unsampled_event_records_no_span_and_passes_its_trace_on_unsampled(
+    backend: Backend, unique: str
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()  # parent-based: an upstream "not sampled" decides for the whole trace
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    topology = Topology(unique)
+
+    @topology.handler(source=f"{unique}.in", outputs=(f"{unique}.out",))
+    async def work(event: dict[str, Any], ctx: Context) -> list[Output]:
+        return [Output(f"{unique}.out", {"event_id": ctx.event_id})]
+
+    client = aioredis.Redis.from_url(backend.redis_url)
+    sink = Sink()
+    pipeline = pipeline_of(topology, client, Tracing(provider), sink=sink)
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    upstream = {"traceparent": f"00-{trace_id}-00f067aa0ba902b7-00".encode()}
+    await pipeline.run([InRecord(f"{unique}.in", 0, 1, 1_700_000_000_000, None,
+                                 orjson.dumps({"event_id": "u1"}), upstream)])
+    await client.aclose()
+    assert exporter.get_finished_spans() == ()
+    output, = sink.records
+    _, out_trace, _, flags = dict(output.headers)["traceparent"].decode().split("-")
+    assert (out_trace, flags) == (trace_id, "00"), "consumers downstream continue the same unsampled trace"
