@@ -27,7 +27,7 @@ def loop_launch(kind: str, key: str, label: str, run: Run, log_dir: Path, *, out
 
 def worker_launch(
     key: str, label: str, run: Run, log_dir: Path, *, source: str, extra_env: Mapping[str, str] | None = None,
-    discard_output: bool = False, note: str = "",
+    note: str = "",
 ) -> Launch:
     """``processor worker processor.bench_topology`` as topology ``<run>-<key>`` (so its own consumer group
     and dedup keys), reading ``source`` and writing ``<run>.<key>.out``, with /metrics on a free port."""
@@ -43,6 +43,5 @@ def worker_launch(
     return Launch(
         key=key, label=label, argv=[sys.executable, "-m", "processor", "worker", "processor.bench_topology"],
         env=env, log=log_dir / f"{key}.log", mark=mark, output=output,
-        metrics_url=f"http://127.0.0.1:{port}/metrics", topology=name, discard_output=discard_output,
-        note=note,
+        metrics_url=f"http://127.0.0.1:{port}/metrics", topology=name, note=note,
     )

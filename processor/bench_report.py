@@ -87,6 +87,7 @@ class Row:
     peak_rss_mb: float | None = None
     cpu_seconds_per_1k: float | None = None
     cpu_seconds_total: float | None = None
+    spans_exported: int | None = None  # (d): spans its collector received
 
 
 @dataclass(frozen=True)

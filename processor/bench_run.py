@@ -15,7 +15,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
@@ -148,7 +147,6 @@ class Launch:
     result: Path | None = None
     metrics_url: str | None = None
     topology: str | None = None
-    discard_output: bool = False  # stdout and stderr to /dev/null instead of ``log``
     note: str = ""
 
 
@@ -193,9 +191,8 @@ def run_variant(run: Run, launch: Launch) -> Sample:
     if launch.output is not None:
         ensure_topics(run.settings, [launch.output], run.partitions, run.settings.topic_replication_factor)
     with launch.log.open("wb") as log:
-        sink: IO[bytes] | int = subprocess.DEVNULL if launch.discard_output else log
-        proc = subprocess.Popen(list(launch.argv), env=dict(launch.env), stdin=subprocess.DEVNULL, stdout=sink,
-                                stderr=sink)
+        proc = subprocess.Popen(list(launch.argv), env=dict(launch.env), stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=log)
     reader = OutputReader(run.settings, launch.output, run.partitions) if launch.output else None
     try:
         deadline = time.monotonic() + run.timeout_seconds
@@ -233,8 +230,6 @@ def run_variant(run: Run, launch: Launch) -> Sample:
 
 
 def _where(launch: Launch) -> str:
-    if launch.discard_output:
-        return "its output was discarded: the same worker without tracing is (c), whose log is kept"
     return f"see {launch.log}"
 
 

@@ -52,6 +52,8 @@ def test_bench_runs_every_variant_over_every_event(
         if key != br.FAUST_CONSUME:  # the only variant with no output topic
             assert row["e2e_p99_ms"] is not None, key
     assert rows[br.PIPELINE]["processing_source"] == "histogram"
+    # (d) exported over OTLP: a tenth of the events sampled, each a process and a send span.
+    assert EVENTS * 0.1 < rows[br.TRACED]["spans_exported"] < EVENTS * 0.4
     assert set(document["ratios"]) == {"c/a", "c/b", "c/b0", "c/e"}
     assert document["ratios"]["c/a"] is not None
     assert document["options"] == {"events": EVENTS, "partitions": 3, "payload_bytes": 200}
