@@ -172,6 +172,12 @@ def _latency_panels(topology: Topology) -> list[Panel]:
               description="Handler start to outputs acknowledged by the broker."),
         Panel("timeseries", "p99 end-to-end time", [p99("processor_end_to_end_seconds")], unit="s",
               description="Event creation (record timestamp) to processing done."),
+        Panel("timeseries", "p99 event loop lag", [Target(
+            f"histogram_quantile(0.99, sum by (instance, le) (rate(processor_event_loop_lag_seconds_bucket{{{t}}}"
+            f"[{RATE}])))", "{{instance}}")], width=24, height=6, unit="s",
+            description="How late each worker's event loop runs what is due. Tens of milliseconds or more: a "
+                        "handler blocks the loop (a synchronous call) or the worker waits for a CPU; every event "
+                        "on that worker waits as long."),
     ]
 
 

@@ -58,6 +58,11 @@ class Metrics:
         self.circuit_opened = Counter(
             "processor_circuit_opened", "Times a breaker opened.", ["breaker"], registry=r
         )
+        self.event_loop_lag = Histogram(
+            "processor_event_loop_lag_seconds",
+            "How much later than due the worker's event loop ran a timer (sampled every 100 ms): a blocked or "
+            "CPU-starved loop delays every event.", ["topology"], buckets=LATENCY_BUCKETS, registry=r,
+        )
         self.paused_partitions = Gauge(
             "processor_paused_partitions", "Partitions a handler holds paused (breaker open, retry not due).",
             ["topology", "handler", "reason"], registry=r,

@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from faust.types import TP
 from mode.utils.logging import redirect_stdouts
 
-from processor import heap
+from processor import heap, loop_lag
 from processor.breaker import Breaker
 from processor.codec import Decoder, compile_schema
 from processor.config import Settings
@@ -266,7 +266,11 @@ class Worker:
         # state of the consumer groups it measures.
         self.apps[0].timer(self.monitor.interval_seconds)(self.monitor.tick)
         self.apps[0].timer(heap.TRIM_INTERVAL_SECONDS)(_trim_heap)
+        self.apps[0].task(self._watch_loop_lag)
         on_stop(self.apps[0], self.monitor.resign)
+
+    async def _watch_loop_lag(self) -> None:
+        await loop_lag.watch(self.metrics.event_loop_lag.labels(self.topology.name))
 
     def run(self) -> None:
         """Create the topics (unless told not to), serve /metrics, and run until stopped."""

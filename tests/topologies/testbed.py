@@ -5,6 +5,8 @@
 - ``TESTBED_RETRY``: comma-separated delays, default ``1s,2s``
 - ``TESTBED_FAIL_ATTEMPTS``: every event fails its first N attempts (RuntimeError), default 0
 - ``TESTBED_LATENCY_MS``: each call sleeps this long first, default 0, +/- ``TESTBED_JITTER_MS`` at random
+- ``TESTBED_BLOCK_MS``: each call blocks the event loop this long first (``time.sleep``, as a synchronous
+  client called from a handler would), default 0
 - ``TESTBED_BREAKER``: ``1`` puts the handlers behind breaker ``dep`` (opens fast, half-opens after 2 s)
 - ``TESTBED_MAX_BYTES``: size limit of an input event, default 2048
 - ``TESTBED_PARTITIONS``: partitions of the topics the worker creates
@@ -32,6 +34,7 @@ HANDLERS = [h for h in os.environ.get("TESTBED_HANDLERS", "a").split(",") if h]
 FAIL_ATTEMPTS = int(os.environ.get("TESTBED_FAIL_ATTEMPTS", "0"))
 LATENCY = float(os.environ.get("TESTBED_LATENCY_MS", "0")) / 1000
 JITTER = float(os.environ.get("TESTBED_JITTER_MS", "0")) / 1000
+BLOCK = float(os.environ.get("TESTBED_BLOCK_MS", "0")) / 1000
 BREAKER = os.environ.get("TESTBED_BREAKER") == "1"
 
 topology = Topology(
@@ -60,6 +63,8 @@ def _make(handler: str) -> None:
         due = ctx.headers.get("x-processor-due-at-ms", b"0").decode()
         await client.rpush(f"testbed:{NAME}:{handler}:attempts",
                            f"{ctx.event_id}|{ctx.attempt}|{due}|{int(time.time() * 1000)}")
+        if BLOCK:
+            time.sleep(BLOCK)  # noqa: ASYNC251 (the point: a handler that blocks the loop)
         if LATENCY or JITTER:
             await asyncio.sleep(max(0.0, LATENCY + random.uniform(-JITTER, JITTER)))
         if ctx.attempt <= FAIL_ATTEMPTS:
