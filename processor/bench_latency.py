@@ -35,6 +35,7 @@ from processor.bench_run import (
     VariantFailed,
     event_value,
     histogram_percentiles,
+    seconds_to_ms,
     stop,
 )
 from processor.bench_topology import RETRY_DELAY
@@ -52,6 +53,7 @@ WARM_UP_SECONDS = 2.0
 # their output readers need no short fetch wait; with one (5 ms) the embedded broker answered hundreds of
 # empty fetches a second, CPU taken from the worker and broker being measured on the same two cores.
 PACED_READER_WAIT_MS = 100
+LOOP_LAG = "processor_event_loop_lag_seconds"
 
 
 @dataclass
@@ -126,11 +128,18 @@ def run_latency(run: Run, log_dir: Path, *, rate: float, seconds: float, payload
                 broker.sample()
 
         before = cpu_snapshot(worker.proc.pid)
+        url, topology = worker.launch.metrics_url, worker.launch.topology
+        assert url is not None
+        assert topology is not None
+        loop_before = scrape(url)
         inputs, achieved = produce_paced(run, worker.source, events, rate, payload_bytes, between)
         if broker is not None:
             broker.sample()
         worker.wait_outputs(events, run.timeout_seconds)
         busy, waited = cpu_contention(before, cpu_snapshot(worker.proc.pid))
+        loop_after = scrape(url)
+        loop_p50, loop_p99 = (seconds_to_ms(loop_after.quantile(q, LOOP_LAG, since=loop_before, topology=topology))
+                              for q in (0.5, 0.99))
         p50, p99 = histogram_percentiles(worker.launch, events)
         steady = min(inputs) + _warm(seconds) * 1000
         end = max(inputs)
@@ -144,7 +153,7 @@ def run_latency(run: Run, log_dir: Path, *, rate: float, seconds: float, payload
             distinct=len(worker.reader.numbers), e2e_p50_ms=percentile(e2e, 0.5), e2e_p99_ms=percentile(e2e, 0.99),
             processing_p50_ms=p50, processing_p99_ms=p99, seconds=seconds, warm_up_seconds=_warm(seconds),
             broker_p50_ms=broker_p50, broker_p99_ms=broker_p99, machine_busy_share=busy,
-            worker_main_thread_wait_share=waited,
+            worker_main_thread_wait_share=waited, loop_lag_p50_ms=loop_p50, loop_lag_p99_ms=loop_p99,
             e2e_p99_by_third_ms=tuple(percentile(part, 0.99) for part in by_third),
             broker_cpu_by_third=tuple(
                 None if broker is None else cpu_share_between(broker.samples, start / 1000, stop / 1000)

@@ -261,7 +261,7 @@ def histogram_percentiles(
         done = sample is not None and sample.value("processor_processing_seconds_count",
                                                    topology=launch.topology) >= events
         if sample is not None and (done or time.monotonic() > deadline):
-            p50, p99 = (_ms(sample.quantile(q, "processor_processing_seconds", topology=launch.topology))
+            p50, p99 = (seconds_to_ms(sample.quantile(q, "processor_processing_seconds", topology=launch.topology))
                         for q in (0.5, 0.99))
             return p50, p99
         if time.monotonic() > deadline:
@@ -269,7 +269,8 @@ def histogram_percentiles(
         time.sleep(0.2)
 
 
-def _ms(seconds: float) -> float | None:
+def seconds_to_ms(seconds: float) -> float | None:
+    """Milliseconds, or None for a quantile of nothing (NaN)."""
     return None if math.isnan(seconds) else seconds * 1000
 
 

@@ -24,15 +24,23 @@ class Scrape:
         want = set(labels.items())
         return sum(v for k, v in self.samples.get(name, {}).items() if want <= set(k))
 
-    def quantile(self, q: float, name: str, **labels: str) -> float:
-        """``histogram_quantile`` as PromQL computes it, over the buckets of ``name`` matching ``labels``."""
+    def quantile(self, q: float, name: str, since: Scrape | None = None, **labels: str) -> float:
+        """``histogram_quantile`` as PromQL computes it, over the buckets of ``name`` matching ``labels``;
+        with ``since``, over what was observed after that earlier scrape (PromQL's ``increase``)."""
+        buckets = self._buckets(name, labels)
+        if since is not None:
+            for bound, count in since._buckets(name, labels).items():
+                buckets[bound] -= count
+        return histogram_quantile(q, buckets)
+
+    def _buckets(self, name: str, labels: Mapping[str, str]) -> dict[float, float]:
         buckets: dict[float, float] = defaultdict(float)
         want = set(labels.items())
         for key, count in self.samples.get(f"{name}_bucket", {}).items():
             pairs = dict(key)
             if want <= set(key):
                 buckets[float(pairs["le"])] += count
-        return histogram_quantile(q, buckets)
+        return buckets
 
 
 def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float:

@@ -143,7 +143,8 @@ def test_table_shows_missing_values_as_dashes_and_failures_as_such() -> None:
 def test_table_shows_the_latency_mode() -> None:
     latency = br.LatencyResult(target_rate=2000.0, achieved_rate=1999.0, events=N, distinct=N, e2e_p50_ms=12.0,
                                e2e_p99_ms=48.5, processing_p50_ms=4.0, processing_p99_ms=9.0, broker_p50_ms=7.0,
-                               broker_p99_ms=31.0, machine_busy_share=0.79, worker_main_thread_wait_share=0.283)
+                               broker_p99_ms=31.0, machine_busy_share=0.79, worker_main_thread_wait_share=0.283,
+                               loop_lag_p50_ms=1.5, loop_lag_p99_ms=42.0)
     with_latency = report(ok_row(br.PIPELINE, 4_000.0), latency=latency)
     text = br.render_table(with_latency)
     assert "latency mode (c at 2000/s" in text
@@ -151,7 +152,7 @@ def test_table_shows_the_latency_mode() -> None:
     assert ("the broker alone (the same load read by a plain consumer, in a run of its own) p50 7.0 ms, "
             "p99 31.0 ms") in text
     assert "meanwhile the machine's CPUs were 79% busy and the worker's main thread waited for a CPU 28% of the " \
-           "time" in " ".join(text.split())
+           "time, its event loop ran timers late by p50 1.5 ms, p99 42.0 ms" in " ".join(text.split())
     # Every field, tuples as JSON lists.
     assert orjson.loads(orjson.dumps(with_latency.as_json()))["latency"] == orjson.loads(
         orjson.dumps(dataclasses.asdict(latency)))

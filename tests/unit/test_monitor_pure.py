@@ -256,3 +256,17 @@ def test_scrape_quantile_reads_a_real_exposition() -> None:
     assert scraped.quantile(0.99, "processor_processing_seconds", handler="pay") == pytest.approx(
         0.15 + 0.05 * 9 / 10)
     assert scraped.quantile(0.5, "processor_processing_seconds", handler="ship") == pytest.approx(45.0)
+
+
+def test_scrape_quantile_since_an_earlier_scrape_counts_only_what_came_after_it() -> None:
+    metrics = Metrics()
+    lag = metrics.event_loop_lag.labels("shop")
+    for _ in range(50):
+        lag.observe(2.0)  # before: a slow start, (1.5, 2.5]
+    earlier = parse(generate_latest(metrics.registry).decode())
+    for _ in range(100):
+        lag.observe(0.004)  # (0.0025, 0.005]
+    later = parse(generate_latest(metrics.registry).decode())
+    name = "processor_event_loop_lag_seconds"
+    assert later.quantile(0.99, name, since=earlier, topology="shop") == pytest.approx(0.0025 + 0.0025 * 99 / 100)
+    assert later.quantile(0.99, name, topology="shop") > 1.5  # all of it: the slow start is in it
