@@ -13,8 +13,6 @@ block on a blocked one. On the bench machine, in seconds where the end-to-end p9
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 
 from prometheus_client import Histogram
 
@@ -23,10 +21,10 @@ from prometheus_client import Histogram
 INTERVAL_SECONDS = 0.1
 
 
-async def watch(histogram: Histogram, interval: float = INTERVAL_SECONDS,
-                clock: Callable[[], float] = time.monotonic) -> None:
-    """Record the loop's lag in ``histogram`` every ``interval`` seconds, until cancelled."""
+async def watch(histogram: Histogram, interval: float = INTERVAL_SECONDS) -> None:
+    """Record the running loop's lag in ``histogram`` every ``interval`` seconds, until cancelled."""
+    loop = asyncio.get_running_loop()
     while True:
-        due = clock() + interval
+        due = loop.time() + interval  # the clock asyncio schedules timers by
         await asyncio.sleep(interval)
-        histogram.observe(max(0.0, clock() - due))  # asyncio may run a timer up to its clock resolution early
+        histogram.observe(max(0.0, loop.time() - due))  # a timer may run up to the clock's resolution early
