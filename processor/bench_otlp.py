@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -26,15 +26,10 @@ _EMPTY_RESPONSE = ExportTraceServiceResponse().SerializeToString()
 class Collector:
     """Where (d) sends its spans: ``endpoint`` for OTEL_EXPORTER_OTLP_ENDPOINT, ``spans`` received so far."""
 
-    def __init__(self, server: ThreadingHTTPServer) -> None:
-        self._server = server
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
         self._lock = threading.Lock()
         self.spans = 0
-
-    @property
-    def endpoint(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
 
     def received(self, body: bytes) -> None:
         request = ExportTraceServiceRequest.FromString(body)
@@ -46,10 +41,9 @@ class Collector:
 @contextmanager
 def otlp_collector() -> Iterator[Collector]:
     """A collector on a free loopback port for the length of a ``with`` block."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.daemon_threads = True
-    collector = Collector(server)
-    server.collector = collector  # type: ignore[attr-defined]
+    server = _Server(("127.0.0.1", 0), _Handler)
+    host, port = server.server_address[:2]
+    server.collector = collector = Collector(f"http://{host!s}:{port}")
     thread = threading.Thread(target=server.serve_forever, name="bench-otlp", daemon=True)
     thread.start()
     try:
@@ -60,13 +54,18 @@ def otlp_collector() -> Iterator[Collector]:
         thread.join()
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    collector: Collector
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the exporter's session expects
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         if self.path == "/v1/traces":
-            self.server.collector.received(body)  # type: ignore[attr-defined]
+            cast(_Server, self.server).collector.received(body)
             self._reply(200, _EMPTY_RESPONSE)
         else:
             self._reply(404, b"")
