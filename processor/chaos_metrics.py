@@ -57,11 +57,9 @@ def window_quantile(series: Iterable[Series], q: float, start: float, end: float
         if last is None:
             continue
         first = _at(s, start)
-        want = set(labels.items())
-        for key, value in last.samples.get(f"{name}_bucket", {}).items():
-            if want <= set(key):
-                before = first.samples.get(f"{name}_bucket", {}).get(key, 0.0) if first is not None else 0.0
-                buckets[float(dict(key)["le"])] += value - before
+        before = first.buckets(name, **labels) if first is not None else {}
+        for bound, count in last.buckets(name, **labels).items():
+            buckets[bound] += count - before.get(bound, 0.0)
     return histogram_quantile(q, buckets)
 
 

@@ -27,13 +27,14 @@ class Scrape:
     def quantile(self, q: float, name: str, since: Scrape | None = None, **labels: str) -> float:
         """``histogram_quantile`` as PromQL computes it, over the buckets of ``name`` matching ``labels``;
         with ``since``, over what was observed after that earlier scrape (PromQL's ``increase``)."""
-        buckets = self._buckets(name, labels)
+        buckets = self.buckets(name, **labels)
         if since is not None:
-            for bound, count in since._buckets(name, labels).items():
+            for bound, count in since.buckets(name, **labels).items():
                 buckets[bound] -= count
         return histogram_quantile(q, buckets)
 
-    def _buckets(self, name: str, labels: Mapping[str, str]) -> dict[float, float]:
+    def buckets(self, name: str, **labels: str) -> dict[float, float]:
+        """The cumulative counts of histogram ``name`` by upper bound, summed over the series matching ``labels``."""
         buckets: dict[float, float] = defaultdict(float)
         want = set(labels.items())
         for key, count in self.samples.get(f"{name}_bucket", {}).items():
