@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from faust.types import TP
 from mode.utils.logging import redirect_stdouts
 
-from processor import heap, loop_lag
+from processor import heap, loop_lag, redis_client
 from processor.breaker import Breaker
 from processor.codec import Decoder, compile_schema
 from processor.config import Settings
@@ -252,7 +252,7 @@ class Worker:
         self.runtime = Runtime(
             settings=settings, metrics=self.metrics,
             producer=DeliveringProducer(settings, client_id=f"processor-{topology.name}"),
-            redis=aioredis.Redis.from_url(settings.redis_url.reveal(), socket_timeout=5, socket_connect_timeout=2),
+            redis=redis_client.connect(settings.redis_url.reveal(), socket_timeout=5, socket_connect_timeout=2),
             breakers=breakers, owner=owner,
             dependencies={name: factory(settings) for name, factory in topology.dependencies.items()},
             latency={spec.name: HandlerLatency() for spec in topology.handlers},

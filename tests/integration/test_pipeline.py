@@ -14,6 +14,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from processor import headers as h
+from processor import redis_client
 from processor.breaker import Breaker, BreakerConfig, BreakerState
 from processor.codec import Decoder
 from processor.dedup import Claim, Dedup
@@ -111,7 +112,7 @@ async def harness(
                      timeout_seconds=timeout_seconds)(handle)
     spec = topology.get("handle")
     group = topology.group("handle")
-    client = aioredis.Redis.from_url(backend.redis_url)
+    client = redis_client.connect(backend.redis_url)  # the worker's client (commands packed by hiredis)
     dedup = Dedup(client, group=group, owner="worker-1", lease_seconds=lease_seconds, ttl_seconds=3600)
     metrics = Metrics()
     calls: list[str] = []
