@@ -30,7 +30,7 @@ from processor.codec import Decoder
 from processor.dedup import Claim, Dedup
 from processor.errors import FatalError, InvalidEvent
 from processor.kafka import DeliveryError, OutRecord
-from processor.logs import event_context, redact, trace_id_of
+from processor.logs import event_context, redact
 from processor.metrics import Metrics
 from processor.timeouts import CallTimer
 from processor.topology import Context, HandlerSpec, Output
@@ -304,7 +304,7 @@ class Pipeline:
         """Every log line inside names the event: topology, handler, position, id and trace id."""
         return event_context(
             topology=self.topology, handler=self.spec.name, topic=record.topic, partition=record.partition,
-            offset=record.offset, event_id=event_id, trace_id=trace_id_of(record.headers),
+            offset=record.offset, event_id=event_id, traceparent=record.headers.get("traceparent"),
         )
 
     @staticmethod

@@ -284,6 +284,21 @@ def test_trace_and_span_ids_of_the_current_span() -> None:
     assert "span_id" not in outside
 
 
+def test_a_traceparent_field_is_logged_as_its_trace_id() -> None:
+    stream = _json_stream()
+    with event_context(event_id="e1", traceparent=TRACEPARENT):
+        log.info("valid")
+        with event_context(traceparent=b"not a traceparent"):
+            log.info("invalid inside")  # the outer context's trace id stays
+    with event_context(event_id="e2", traceparent=b"00-" + b"0" * 32 + b"-b7ad6b7169203331-01"):
+        log.info("all zero")
+    valid, invalid, zero = _lines(stream)
+    assert valid["trace_id"] == invalid["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
+    assert "traceparent" not in valid
+    assert "trace_id" not in zero
+    assert event_fields() == {}
+
+
 def test_trace_id_from_the_record_header_when_no_span_is_active() -> None:
     stream = _json_stream()
     tracer = TracerProvider().get_tracer("tests")
