@@ -62,7 +62,7 @@ class _Fields:
             outer = self._outer.merged() if self._outer is not None else _NO_FIELDS
             own = {k: v for k, v in self._own.items() if v is not None and k != "traceparent"}
             traceparent = self._own.get("traceparent")
-            trace_id = trace_id_of({"traceparent": traceparent}) if traceparent is not None else None
+            trace_id = _trace_id_in(traceparent) if traceparent is not None else None
             if trace_id is not None:
                 own.setdefault("trace_id", trace_id)
             self._merged = MappingProxyType({**outer, **own})
@@ -102,7 +102,11 @@ def event_fields() -> Mapping[str, Any]:
 def trace_id_of(headers: Mapping[str, bytes]) -> str | None:
     """The trace id of a record's W3C ``traceparent`` header, or None. Pass it to ``event_context`` so the
     event's logs carry its trace even when tracing is off (a current span, when there is one, wins)."""
-    match = _TRACEPARENT.fullmatch(headers.get("traceparent", b"").strip())
+    return _trace_id_in(headers.get("traceparent", b""))
+
+
+def _trace_id_in(traceparent: bytes) -> str | None:
+    match = _TRACEPARENT.fullmatch(traceparent.strip())
     if match is None or match.group(1) == b"0" * 32:
         return None
     return match.group(1).decode()
