@@ -77,7 +77,8 @@ def rule_metrics(rules_text: str) -> set[str]:
 
 @dataclass(frozen=True)
 class AlertVerdict:
-    """What the alert check found; times are seconds from the first scrape."""
+    """What the alert check found; times are seconds from the first scrape (negative: in the steady history
+    replayed before it)."""
 
     fired: dict[tuple[str, str], tuple[float, float]]  # (alert, severity) -> first and last firing evaluation
     expected: tuple[str, ...]
@@ -95,7 +96,8 @@ class AlertVerdict:
         if not pages:
             text = "no page"
         else:
-            text = "; ".join(f"{a} paged +{first:.0f}s, cleared +{last + EVALUATION_INTERVAL_SECONDS:.0f}s"
+            # Signed: a page in the replayed history (a tolerated one) read "+-715s".
+            text = "; ".join(f"{a} paged {first:+.0f}s, cleared {last + EVALUATION_INTERVAL_SECONDS:+.0f}s"
                              for first, last, a in pages)
         return ("ok: " if self.ok else "FAIL: ") + text
 

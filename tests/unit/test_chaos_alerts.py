@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from processor.chaos_alerts import aftermath_seconds, check_alerts, history_seconds, shrunk
+from processor.chaos_alerts import (
+    EVALUATION_INTERVAL_SECONDS,
+    AlertVerdict,
+    aftermath_seconds,
+    check_alerts,
+    history_seconds,
+    shrunk,
+)
 from processor.chaos_record import Sample, Series
 from processor.chaos_series import Clock, expand, input_series
 from processor.scrape import Scrape
@@ -118,3 +125,13 @@ def test_a_series_that_appears_later_gets_no_history() -> None:
     monitor = series("m", [(T0, Scrape({lag: {}})), (T0 + 1, Scrape({lag: late})), (T0 + 2, Scrape({lag: late}))])
     rows = input_series([monitor], {lag}, Clock(T0, T0 + 2, history=3, aftermath=1))
     assert rows[0]["values"] == expand([None, None, None, None, 44, 44, 44])
+
+
+def test_a_verdict_signs_its_times_so_a_page_in_the_replayed_history_reads_as_before_the_recording() -> None:
+    verdict = AlertVerdict(
+        fired={("LatencyBurn", "page"): (-715.0, -30.0), ("StoppedGroup", "page"): (42.0, 100.0)},
+        expected=("StoppedGroup",), unexpected_pages=(), missing_pages=(), promtool_passed=True, detail="",
+    )
+    step = EVALUATION_INTERVAL_SECONDS
+    assert verdict.summary() == (f"ok: LatencyBurn paged -715s, cleared {-30 + step:+.0f}s; "
+                                 f"StoppedGroup paged +42s, cleared +{100 + step:.0f}s")
