@@ -58,6 +58,10 @@ NOTES = (
     "processor_processing_seconds (handler start to outputs acked by the broker; bucket-interpolated).",
     "events/s: N over first record consumed to N-th output seen on the output topic. RSS: the process's "
     "VmHWM. CPU s/1k: its utime+stime over the same span.",
+    "loop ms: the CPU's speed over the same span, the p50 of the CPU time a fixed pure-Python loop took in a "
+    "process of its own, twice a second (larger is slower: a shared host's other guests and the run's own "
+    "processes, through the caches they share, both slow it; it moves from second to second, and a variant's "
+    "numbers with it).",
 )
 
 

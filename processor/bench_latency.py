@@ -25,8 +25,8 @@ import orjson
 from confluent_kafka import Producer
 
 from processor.bench_launch import worker_launch
-from processor.bench_proc import CpuSampler, cpu_contention, cpu_share_between, cpu_snapshot
-from processor.bench_report import PIPELINE, LatencyResult, RetryPathResult, percentile
+from processor.bench_proc import CpuSampler, SpeedProbe, cpu_contention, cpu_share_between, cpu_snapshot
+from processor.bench_report import PIPELINE, LatencyResult, RetryPathResult, loop_speed, percentile
 from processor.bench_run import (
     Deliveries,
     Launch,
@@ -132,7 +132,11 @@ def run_latency(run: Run, log_dir: Path, *, rate: float, seconds: float, payload
         assert url is not None
         assert topology is not None
         loop_before = scrape(url)
-        inputs, achieved = produce_paced(run, worker.source, events, rate, payload_bytes, between)
+        probe = SpeedProbe(log_dir / f"{PIPELINE}-lat.speed")
+        try:
+            inputs, achieved = produce_paced(run, worker.source, events, rate, payload_bytes, between)
+        finally:
+            speed = probe.stop()
         if broker is not None:
             broker.sample()
         worker.wait_outputs(events, run.timeout_seconds)
@@ -159,6 +163,7 @@ def run_latency(run: Run, log_dir: Path, *, rate: float, seconds: float, payload
                 None if broker is None else cpu_share_between(broker.samples, start / 1000, stop / 1000)
                 for start, stop in split_in_thirds(steady, end)
             ),
+            cpu_speed=loop_speed(speed, steady, end),
         )
 
 

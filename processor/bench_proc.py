@@ -9,12 +9,20 @@ for one (``cpu_contention``): on a machine shared with the broker, Redis and the
 part of every event's latency, and the report should say when they were. On the embedded broker it also
 samples the broker's own CPU through the run (``CpuSampler``): Tansu's cost per fetch grows with the
 batches a partition holds, so the same load costs it more at the end of a run than at the start.
+
+And every run times the CPU itself (``SpeedProbe``): a process of its own runs the same pure-Python loop
+twice a second and records the CPU time it took. On the shared KVM host this was built on, that time
+flipped between about 3.9 and 6.6 ms from one second to the next, on an idle machine as under load (the
+host's other guests, not ours): a variant's maximum and a paced run's latency depend on which of the two
+its seconds met, and the report says which.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -152,3 +160,49 @@ def read_json(path: Path) -> dict[str, Any] | None:
 def write_mark(path: Path) -> None:
     """Record "first record consumed now": the wall clock and this process's CPU ticks so far."""
     write_json(path, {"wall": time.time(), "cpu_ticks": cpu_ticks()})
+
+
+# The probe's loop: about 2-3.5 ms of CPU here, twice a second (0.5% of a core, taken from what it measures).
+_PROBE = """
+import sys, time
+out = open(sys.argv[1], "a", buffering=1)
+while True:
+    began = time.process_time()
+    total = 0
+    for i in range(50_000):
+        total += i * i % 7
+    out.write(f"{time.time() * 1000:.0f} {(time.process_time() - began) * 1000:.3f}\\n")
+    time.sleep(0.5)
+"""
+
+
+class SpeedProbe:
+    """The CPU's speed while a run lasts: see the module docstring. ``samples`` once stopped."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        path.unlink(missing_ok=True)
+        self._proc = subprocess.Popen([sys.executable, "-c", _PROBE, str(path)], stdin=subprocess.DEVNULL)
+        self._samples: list[tuple[float, float]] | None = None
+
+    def stop(self) -> list[tuple[float, float]]:
+        """Stop the probe (again: the same answer); (wall ms, the loop's CPU ms) of every time it ran."""
+        if self._samples is None:
+            self._proc.kill()
+            self._proc.wait()
+            try:
+                self._samples = parse_probe(self._path.read_text())
+            except FileNotFoundError:
+                self._samples = []
+        return self._samples
+
+
+def parse_probe(text: str) -> list[tuple[float, float]]:
+    """The probe's lines, "wall_ms cpu_ms" each; a last line cut short by the kill is left out."""
+    samples = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) == 2:
+            with contextlib.suppress(ValueError):
+                samples.append((float(fields[0]), float(fields[1])))
+    return samples

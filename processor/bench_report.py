@@ -61,6 +61,35 @@ def finite(value: float | None) -> float | None:
 
 
 @dataclass(frozen=True)
+class LoopSpeed:
+    """The CPU's speed over a run: the CPU time of the speed probe's fixed loop (processor.bench_proc), p10,
+    p50 and p90 of the times it ran then; larger is a slower machine, the same work every time."""
+
+    p10_ms: float
+    p50_ms: float
+    p90_ms: float
+    samples: int
+
+
+def loop_speed(samples: Sequence[tuple[float, float]], start_ms: float, end_ms: float) -> LoopSpeed | None:
+    """The probe's ``(wall ms, loop ms)`` samples from ``start_ms`` to ``end_ms``; None for none there. A run
+    shorter than the probe's half second gets the sample nearest to it, so that no row is left without."""
+    inside = [ms for at, ms in samples if start_ms <= at <= end_ms]
+    if not inside and samples:
+        middle = (start_ms + end_ms) / 2
+        inside = [min(samples, key=lambda s: abs(s[0] - middle))[1]]
+    if not inside:
+        return None
+    return LoopSpeed(_quantile(inside, 0.1), _quantile(inside, 0.5), _quantile(inside, 0.9), len(inside))
+
+
+def _quantile(values: Sequence[float], q: float) -> float:
+    value = percentile(values, q)
+    assert value is not None  # values is not empty
+    return value
+
+
+@dataclass(frozen=True)
 class Row:
     """One variant's measurements; times in milliseconds, None where not measured.
 
@@ -88,6 +117,7 @@ class Row:
     cpu_seconds_per_1k: float | None = None
     cpu_seconds_total: float | None = None
     spans_exported: int | None = None  # (d): spans its collector received
+    cpu_speed: LoopSpeed | None = None  # from its first record to its last
 
 
 @dataclass(frozen=True)
@@ -120,6 +150,7 @@ class LatencyResult:
     # through a run at a fixed rate; on real Kafka it does not.
     e2e_p99_by_third_ms: tuple[float | None, ...] = ()
     broker_cpu_by_third: tuple[float | None, ...] = ()
+    cpu_speed: LoopSpeed | None = None  # while the load ran, after warm-up
 
 
 @dataclass(frozen=True)
@@ -214,7 +245,7 @@ def _cell(value: float | None, width: int, digits: int) -> str:
 
 
 _HEADER = (f"{'variant':<38}{'events/s':>9}{'proc p50':>10}{'proc p99':>10}{'e2e p50':>10}{'e2e p99':>10}"
-           f"{'RSS MB':>8}{'CPU s/1k':>9}{'events':>8}")
+           f"{'RSS MB':>8}{'CPU s/1k':>9}{'events':>8}{'loop':>7}")
 
 
 def render_table(report: Report) -> str:
@@ -223,7 +254,7 @@ def render_table(report: Report) -> str:
         f"processor bench {report.run_id}: {report.events} events x {report.payload_bytes} B, "
         f"{report.partitions} partitions, {report.backend}",
         _HEADER,
-        f"{'':<38}{'':>9}{'ms':>10}{'ms':>10}{'ms':>10}{'ms':>10}",
+        f"{'':<38}{'':>9}{'ms':>10}{'ms':>10}{'ms':>10}{'ms':>10}{'':>8}{'':>9}{'':>8}{'ms':>7}",
         "-" * len(_HEADER),
     ]
     for row in report.rows:
@@ -235,6 +266,7 @@ def render_table(report: Report) -> str:
             f"{name:<38}{_cell(row.events_per_s, 9, 0)}{_cell(row.processing_p50_ms, 10, 3)}"
             f"{_cell(row.processing_p99_ms, 10, 3)}{_cell(row.e2e_p50_ms, 10, 1)}{_cell(row.e2e_p99_ms, 10, 1)}"
             f"{_cell(row.peak_rss_mb, 8, 1)}{_cell(row.cpu_seconds_per_1k, 9, 3)}{row.events:>8}"
+            f"{_cell(row.cpu_speed.p50_ms if row.cpu_speed else None, 7, 1)}"
         )
     lines.append("")
     lines.append("ratios (events/s): " + "  ".join(
@@ -255,6 +287,8 @@ def render_table(report: Report) -> str:
             f"its event loop ran timers late by p50 {_ms(lat.loop_lag_p50_ms)}, p99 {_ms(lat.loop_lag_p99_ms)}"
             + (f"; by third of the run after warm-up: e2e p99 {_series(lat.e2e_p99_by_third_ms, _ms)}, the broker's "
                f"CPU {_series(lat.broker_cpu_by_third, _share)} of a core" if lat.e2e_p99_by_third_ms else "")
+            + (f"; the speed probe's loop took p10 {_ms(lat.cpu_speed.p10_ms)}, p50 {_ms(lat.cpu_speed.p50_ms)}, "
+               f"p90 {_ms(lat.cpu_speed.p90_ms)}{_against_maximum(report)}" if lat.cpu_speed else "")
         )
     if report.retry_path is not None:
         retry = report.retry_path
@@ -277,6 +311,15 @@ def render_table(report: Report) -> str:
     for note in (*notes, *report.notes):
         lines.extend(textwrap.wrap(note, width=len(_HEADER), subsequent_indent="  "))
     return "\n".join(lines)
+
+
+def _against_maximum(report: Report) -> str:
+    # The paced rate is half of (c)'s maximum: how fast the CPU was when that was measured tells whether
+    # the half was a half of the machine the paced run met.
+    pipeline = next((r for r in report.rows if r.key == PIPELINE and r.cpu_speed is not None), None)
+    if pipeline is None or pipeline.cpu_speed is None:
+        return ""
+    return f" (p50 {_ms(pipeline.cpu_speed.p50_ms)} in (c)'s throughput run)"
 
 
 def _ms(value: float | None) -> str:

@@ -19,8 +19,8 @@ from pathlib import Path
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
 
-from processor.bench_proc import CLOCK_TICKS_PER_SECOND, cpu_ticks, peak_rss_kb, read_json
-from processor.bench_report import FAILED, OK, Row, percentile
+from processor.bench_proc import CLOCK_TICKS_PER_SECOND, SpeedProbe, cpu_ticks, peak_rss_kb, read_json
+from processor.bench_report import FAILED, OK, Row, loop_speed, percentile
 from processor.config import Settings
 from processor.errors import ProcessorError, StackError
 from processor.kafka import client_config, ensure_topics
@@ -184,6 +184,7 @@ class Sample:
     peak_rss_kb: int
     processing: tuple[float | None, float | None]
     result: Mapping[str, object] | None
+    cpu_speed: Sequence[tuple[float, float]] = ()  # the speed probe's samples while it ran
 
 
 def run_variant(run: Run, launch: Launch) -> Sample:
@@ -194,6 +195,7 @@ def run_variant(run: Run, launch: Launch) -> Sample:
         proc = subprocess.Popen(list(launch.argv), env=dict(launch.env), stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=log)
     reader = OutputReader(run.settings, launch.output, run.partitions) if launch.output else None
+    probe = SpeedProbe(launch.log.with_suffix(".speed"))
     try:
         deadline = time.monotonic() + run.timeout_seconds
         while not _done(run, launch, reader):
@@ -221,9 +223,10 @@ def run_variant(run: Run, launch: Launch) -> Sample:
             first_ticks=int(mark["cpu_ticks"]), first_ms=float(mark["wall"]) * 1000,
             records=list(reader.records) if reader is not None else [],
             end_ms=reader.seen_ms[run.events - 1] if reader is not None else None, end_ticks=end_ticks, peak_rss_kb=rss,
-            processing=processing, result=result,
+            processing=processing, result=result, cpu_speed=probe.stop(),
         )
     finally:
+        probe.stop()
         stop(proc)
         if reader is not None:
             reader.close()
@@ -321,6 +324,7 @@ def measure(run: Run, launch: Launch) -> Row:
         e2e_raw_p50_ms=percentile(raw, 0.5), e2e_raw_p99_ms=percentile(raw, 0.99),
         peak_rss_mb=sample.peak_rss_kb / 1024, cpu_seconds_per_1k=cpu / run.events * 1000,
         cpu_seconds_total=sample.end_ticks / CLOCK_TICKS_PER_SECOND,
+        cpu_speed=loop_speed(sample.cpu_speed, first_ms, end_ms),
     )
 
 

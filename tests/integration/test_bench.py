@@ -49,6 +49,7 @@ def test_bench_runs_every_variant_over_every_event(
         assert row["peak_rss_mb"] > 0, key
         assert row["cpu_seconds_per_1k"] is not None, key
         assert row["processing_p99_ms"] is not None, key
+        assert 0 < row["cpu_speed"]["p10_ms"] <= row["cpu_speed"]["p50_ms"] <= row["cpu_speed"]["p90_ms"], key
         if key != br.FAUST_CONSUME:  # the only variant with no output topic
             assert row["e2e_p99_ms"] is not None, key
     assert rows[br.PIPELINE]["processing_source"] == "histogram"
@@ -73,6 +74,8 @@ def test_bench_runs_every_variant_over_every_event(
     assert len(latency["e2e_p99_by_third_ms"]) == 3
     assert all(p99 is not None and p99 >= 0 for p99 in latency["e2e_p99_by_third_ms"])
     assert latency["broker_cpu_by_third"] == [None, None, None]
+    assert latency["cpu_speed"]["samples"] >= 2  # twice a second, for the 3 s the load ran less warm-up
+    assert "the speed probe's loop took p10" in " ".join(table.split())
     assert retry["events"] == retry["distinct"] > 0
     assert retry["early"] == 0
     assert 0 <= retry["lateness_p50_ms"] <= retry["lateness_p99_ms"] <= retry["lateness_max_ms"]

@@ -30,11 +30,13 @@ from processor.bench_proc import (
     CLOCK_TICKS_PER_SECOND,
     CpuSampler,
     CpuSnapshot,
+    SpeedProbe,
     cpu_contention,
     cpu_share_between,
     cpu_snapshot,
     parse_cpu_ticks,
     parse_machine_cpu,
+    parse_probe,
     parse_schedstat,
     parse_status_kb,
     read_json,
@@ -122,7 +124,7 @@ def test_table_has_a_line_per_variant_ratios_targets_and_notes() -> None:
         assert any(line.startswith(f"({key}) ") for line in lines), key
     pipeline = next(line for line in lines if line.startswith("(c) "))
     assert "4000" in pipeline
-    assert pipeline.split()[-1] == str(N)
+    assert pipeline.split()[-2:] == [str(N), "-"]  # events, then the speed probe's loop (not measured here)
     assert "SKIPPED: quixstreams is not installed" in text
     assert "c/b 4.00" in text
     assert "c/e -" in text
@@ -135,7 +137,7 @@ def test_table_shows_missing_values_as_dashes_and_failures_as_such() -> None:
                     br.Row(br.PIPELINE, "pipeline", status=br.FAILED, note="exited with status 1"))
     text = br.render_table(sparse)
     consume = next(line for line in text.splitlines() if line.startswith("(b0) "))
-    assert consume.split()[-8:-1] == ["5000", "-", "-", "-", "-", "-", "-"]
+    assert consume.split()[-9:] == ["5000", "-", "-", "-", "-", "-", "-", str(N), "-"]
     assert "FAILED: exited with status 1" in text
     assert "c >= 3x b: not measured" in text
 
@@ -167,6 +169,50 @@ def test_table_shows_the_latency_mode() -> None:
             "core") in shown
     assert orjson.loads(orjson.dumps(report(latency=thirds).as_json()))["latency"]["broker_cpu_by_third"] == [
         0.271, 0.45, None]
+    assert "speed probe" not in shown  # not measured
+
+
+def test_the_speed_probe_shows_as_a_column_and_on_the_latency_line_against_the_maximums_run() -> None:
+    fast, slow = br.LoopSpeed(3.9, 4.1, 5.0, 4), br.LoopSpeed(4.0, 6.5, 6.9, 20)
+    pipeline = dataclasses.replace(ok_row(br.PIPELINE, 4_000.0), cpu_speed=fast)
+    latency = br.LatencyResult(target_rate=2000.0, achieved_rate=1999.0, events=N, distinct=N, e2e_p50_ms=12.0,
+                               e2e_p99_ms=48.5, processing_p50_ms=4.0, processing_p99_ms=9.0, cpu_speed=slow)
+    shown = report(pipeline, latency=latency)
+    text = br.render_table(shown)
+    assert next(line for line in text.splitlines() if line.startswith("(c) ")).split()[-1] == "4.1"
+    assert ("the speed probe's loop took p10 4.0 ms, p50 6.5 ms, p90 6.9 ms (p50 4.1 ms in (c)'s throughput run)"
+            in " ".join(text.split()))
+    document = orjson.loads(orjson.dumps(shown.as_json()))
+    assert document["latency"]["cpu_speed"] == {"p10_ms": 4.0, "p50_ms": 6.5, "p90_ms": 6.9, "samples": 20}
+    assert next(r for r in document["rows"] if r["key"] == br.PIPELINE)["cpu_speed"]["p50_ms"] == 4.1
+
+
+def test_loop_speed_takes_the_samples_of_the_span_or_the_nearest_one_for_a_short_run() -> None:
+    samples = [(1000.0, 4.0), (1500.0, 6.0), (2000.0, 6.5), (2500.0, 3.9), (3000.0, 7.0)]
+    speed = br.loop_speed(samples, 1400.0, 2600.0)
+    assert speed is not None
+    assert (speed.p50_ms, speed.samples) == (6.0, 3)
+    assert speed.p10_ms == pytest.approx(4.32)
+    assert speed.p90_ms == pytest.approx(6.4)
+    short = br.loop_speed(samples, 2900.0, 3200.0)  # the one inside
+    assert short == br.LoopSpeed(7.0, 7.0, 7.0, 1)
+    between = br.loop_speed(samples, 1600.0, 1800.0)  # none inside: the nearest to its middle
+    assert between == br.LoopSpeed(6.0, 6.0, 6.0, 1)
+    assert br.loop_speed([], 0.0, 1.0) is None
+
+
+def test_the_speed_probe_times_its_loop_twice_a_second_until_stopped(tmp_path: Path) -> None:
+    probe = SpeedProbe(tmp_path / "probe.speed")
+    time.sleep(1.3)
+    samples = probe.stop()
+    assert len(samples) >= 2
+    assert all(0 < ms < 1000 for _, ms in samples)
+    assert samples[0][0] < samples[1][0]
+    assert probe.stop() == samples  # stopped: the same answer
+
+
+def test_probe_lines_are_parsed_and_a_line_cut_short_is_left_out() -> None:
+    assert parse_probe("1000 4.250\n1500 6.5\n2000") == [(1000.0, 4.25), (1500.0, 6.5)]
 
 
 # -- JSON --------------------------------------------------------------------------------------------------
