@@ -140,7 +140,7 @@ def run_latency(run: Run, log_dir: Path, *, rate: float, seconds: float, payload
         if broker is not None:
             broker.sample()
         worker.wait_outputs(events, run.timeout_seconds)
-        busy, waited = cpu_contention(before, cpu_snapshot(worker.proc.pid))
+        contention = cpu_contention(before, cpu_snapshot(worker.proc.pid))
         loop_after = scrape(url)
         loop_p50, loop_p99 = (seconds_to_ms(loop_after.quantile(q, LOOP_LAG, since=loop_before, topology=topology))
                               for q in (0.5, 0.99))
@@ -156,8 +156,9 @@ def run_latency(run: Run, log_dir: Path, *, rate: float, seconds: float, payload
             target_rate=rate, achieved_rate=achieved, events=worker.reader.count,
             distinct=len(worker.reader.numbers), e2e_p50_ms=percentile(e2e, 0.5), e2e_p99_ms=percentile(e2e, 0.99),
             processing_p50_ms=p50, processing_p99_ms=p99, seconds=seconds, warm_up_seconds=_warm(seconds),
-            broker_p50_ms=broker_p50, broker_p99_ms=broker_p99, machine_busy_share=busy,
-            worker_main_thread_wait_share=waited, loop_lag_p50_ms=loop_p50, loop_lag_p99_ms=loop_p99,
+            broker_p50_ms=broker_p50, broker_p99_ms=broker_p99, machine_busy_share=contention.busy,
+            worker_main_thread_wait_share=contention.waited, worker_main_thread_run_share=contention.ran,
+            loop_lag_p50_ms=loop_p50, loop_lag_p99_ms=loop_p99,
             e2e_p99_by_third_ms=tuple(percentile(part, 0.99) for part in by_third),
             broker_cpu_by_third=tuple(
                 None if broker is None else cpu_share_between(broker.samples, start / 1000, stop / 1000)

@@ -4,11 +4,13 @@ Each variant process writes a *mark* when it consumes its first record (wall clo
 then), and the loop variants a *result* when they are done. Both are written to a temporary name and
 renamed, so the bench never reads half a file.
 
-The latency run also reads how busy the machine's CPUs were and how long the worker's main thread waited
-for one (``cpu_contention``): on a machine shared with the broker, Redis and the load, those waits are
-part of every event's latency, and the report should say when they were. On the embedded broker it also
-samples the broker's own CPU through the run (``CpuSampler``): Tansu's cost per fetch grows with the
-batches a partition holds, so the same load costs it more at the end of a run than at the start.
+The latency run also reads how busy the machine's CPUs were, and how long the worker's main thread ran
+and waited for one (``cpu_contention``): on a machine shared with the broker, Redis and the load, those
+waits are part of every event's latency, and a main thread that ran most of the run had little to spare
+(Python runs the worker's pipeline on that one thread); the report should say when either was so. On
+the embedded broker it also samples the broker's own CPU through the run (``CpuSampler``): Tansu's cost
+per fetch grows with the batches a partition holds, so the same load costs it more at the end of a run
+than at the start.
 
 And every run times the CPU itself (``SpeedProbe``): a process of its own runs the same pure-Python loop
 twice a second and records the CPU time it took. On the shared KVM host this was built on, that time
@@ -78,11 +80,22 @@ def parse_machine_cpu(stat: str) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class CpuSnapshot:
-    """The machine's CPU ticks and how long a process's main thread has waited for a CPU, at one moment."""
+    """The machine's CPU ticks and how long a process's main thread has run and waited for a CPU, at one moment."""
 
     wall_ns: int
     machine: tuple[int, int] | None  # (busy, total) ticks
     main_thread_wait_ns: int | None
+    main_thread_run_ns: int | None = None
+
+
+@dataclass(frozen=True)
+class CpuContention:
+    """Between two snapshots, as shares of the time between them (None where unknown): of the machine's CPU
+    time, how much was busy; of the wall time, how much the main thread waited for a CPU and ran on one."""
+
+    busy: float | None
+    waited: float | None
+    ran: float | None
 
 
 def cpu_snapshot(pid: int) -> CpuSnapshot:
@@ -93,23 +106,24 @@ def cpu_snapshot(pid: int) -> CpuSnapshot:
     except (OSError, ValueError, IndexError):
         machine = None
     try:
-        wait: int | None = parse_schedstat(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text())[1]
+        ran, wait = parse_schedstat(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text())
+        return CpuSnapshot(time.monotonic_ns(), machine, wait, ran)
     except (OSError, ValueError):
-        wait = None
-    return CpuSnapshot(time.monotonic_ns(), machine, wait)
+        return CpuSnapshot(time.monotonic_ns(), machine, None, None)
 
 
-def cpu_contention(before: CpuSnapshot, after: CpuSnapshot) -> tuple[float | None, float | None]:
-    """Between two snapshots: the share of the machine's CPU time that was busy, and the share of the wall
-    time the process's main thread was runnable but waiting for a CPU (each None if unknown)."""
+def cpu_contention(before: CpuSnapshot, after: CpuSnapshot) -> CpuContention:
+    """What the machine's CPUs and the process's main thread did between two snapshots."""
     busy = None
     if before.machine is not None and after.machine is not None and after.machine[1] > before.machine[1]:
         busy = (after.machine[0] - before.machine[0]) / (after.machine[1] - before.machine[1])
-    waited = None
-    if before.main_thread_wait_ns is not None and after.main_thread_wait_ns is not None \
-            and after.wall_ns > before.wall_ns:
-        waited = (after.main_thread_wait_ns - before.main_thread_wait_ns) / (after.wall_ns - before.wall_ns)
-    return busy, waited
+    wall = after.wall_ns - before.wall_ns
+
+    def share(then: int | None, now: int | None) -> float | None:
+        return None if then is None or now is None or wall <= 0 else (now - then) / wall
+
+    return CpuContention(busy, share(before.main_thread_wait_ns, after.main_thread_wait_ns),
+                         share(before.main_thread_run_ns, after.main_thread_run_ns))
 
 
 class CpuSampler:

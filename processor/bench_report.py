@@ -138,9 +138,11 @@ class LatencyResult:
     broker_p50_ms: float | None = None
     broker_p99_ms: float | None = None
     # While the load ran: the share of the machine's CPU time that was busy (everything on it), and of the
-    # wall time the worker's main thread was ready to run but waited for a CPU. None where Linux does not say.
+    # wall time the worker's main thread was ready to run but waited for a CPU, and ran on one (the pipeline
+    # runs on that thread: near 1, the worker had no time to spare). None where Linux does not say.
     machine_busy_share: float | None = None
     worker_main_thread_wait_share: float | None = None
+    worker_main_thread_run_share: float | None = None
     # How late the worker's event loop ran its timers meanwhile (processor.loop_lag): the worker's own stalls.
     loop_lag_p50_ms: float | None = None
     loop_lag_p99_ms: float | None = None
@@ -283,7 +285,8 @@ def render_table(report: Report) -> str:
             f"the broker alone (the same load read by a plain consumer, in a run of its own) "
             f"p50 {_ms(lat.broker_p50_ms)}, "
             f"p99 {_ms(lat.broker_p99_ms)}; meanwhile the machine's CPUs were {_share(lat.machine_busy_share)} busy "
-            f"and the worker's main thread waited for a CPU {_share(lat.worker_main_thread_wait_share)} of the time, "
+            f"and the worker's main thread ran {_share(lat.worker_main_thread_run_share)} of the time and waited for a "
+            f"CPU {_share(lat.worker_main_thread_wait_share)}, "
             f"its event loop ran timers late by p50 {_ms(lat.loop_lag_p50_ms)}, p99 {_ms(lat.loop_lag_p99_ms)}"
             + (f"; by third of the run after warm-up: e2e p99 {_series(lat.e2e_p99_by_third_ms, _ms)}, the broker's "
                f"CPU {_series(lat.broker_cpu_by_third, _share)} of a core" if lat.e2e_p99_by_third_ms else "")

@@ -69,6 +69,8 @@ def test_bench_runs_every_variant_over_every_event(
     # The worker ran and the load was produced meanwhile: the machine was busy, never more than all of it.
     assert 0 < latency["machine_busy_share"] <= 1
     assert 0 <= latency["worker_main_thread_wait_share"] <= 1
+    # The worker ran the load, on one thread: at most all of the run (1.01: the clock and schedstat are read apart).
+    assert 0 < latency["worker_main_thread_run_share"] <= 1.01
     assert 0 <= latency["loop_lag_p50_ms"] <= latency["loop_lag_p99_ms"]  # sampled while the load ran
     # Every third of the run had events; the broker is the test backend's, not the bench's: its CPU unknown.
     assert len(latency["e2e_p99_by_third_ms"]) == 3

@@ -28,6 +28,7 @@ from processor.bench_latency import split_in_thirds, third_of
 from processor.bench_loops import LoopSpec
 from processor.bench_proc import (
     CLOCK_TICKS_PER_SECOND,
+    CpuContention,
     CpuSampler,
     CpuSnapshot,
     SpeedProbe,
@@ -146,22 +147,24 @@ def test_table_shows_the_latency_mode() -> None:
     latency = br.LatencyResult(target_rate=2000.0, achieved_rate=1999.0, events=N, distinct=N, e2e_p50_ms=12.0,
                                e2e_p99_ms=48.5, processing_p50_ms=4.0, processing_p99_ms=9.0, broker_p50_ms=7.0,
                                broker_p99_ms=31.0, machine_busy_share=0.79, worker_main_thread_wait_share=0.283,
-                               loop_lag_p50_ms=1.5, loop_lag_p99_ms=42.0)
+                               worker_main_thread_run_share=0.814, loop_lag_p50_ms=1.5, loop_lag_p99_ms=42.0)
     with_latency = report(ok_row(br.PIPELINE, 4_000.0), latency=latency)
     text = br.render_table(with_latency)
     assert "latency mode (c at 2000/s" in text
     assert "p99 48.5 ms" in text
     assert ("the broker alone (the same load read by a plain consumer, in a run of its own) p50 7.0 ms, "
             "p99 31.0 ms") in text
-    assert "meanwhile the machine's CPUs were 79% busy and the worker's main thread waited for a CPU 28% of the " \
-           "time, its event loop ran timers late by p50 1.5 ms, p99 42.0 ms" in " ".join(text.split())
+    assert "meanwhile the machine's CPUs were 79% busy and the worker's main thread ran 81% of the time and waited " \
+           "for a CPU 28%, its event loop ran timers late by p50 1.5 ms, p99 42.0 ms" in " ".join(text.split())
     # Every field, tuples as JSON lists.
     assert orjson.loads(orjson.dumps(with_latency.as_json()))["latency"] == orjson.loads(
         orjson.dumps(dataclasses.asdict(latency)))
     assert "by third" not in text  # not measured: nothing to show
     unknown = br.render_table(report(latency=dataclasses.replace(latency, machine_busy_share=None,
-                                                                 worker_main_thread_wait_share=None)))
-    assert "CPUs were - busy and the worker's main thread waited for a CPU - of the time" in " ".join(unknown.split())
+                                                                 worker_main_thread_wait_share=None,
+                                                                 worker_main_thread_run_share=None)))
+    assert "CPUs were - busy and the worker's main thread ran - of the time and waited for a CPU -," in " ".join(
+        unknown.split())
     thirds = dataclasses.replace(latency, e2e_p99_by_third_ms=(40.0, 52.5, None),
                                  broker_cpu_by_third=(0.271, 0.45, None))
     shown = " ".join(br.render_table(report(latency=thirds)).split())
@@ -316,12 +319,14 @@ def test_schedstat_and_machine_cpu_lines_are_parsed() -> None:
     assert parse_machine_cpu(stat) == (130, 980)
 
 
-def test_cpu_contention_is_the_busy_share_and_the_wait_share_between_snapshots() -> None:
-    before = CpuSnapshot(wall_ns=0, machine=(100, 1000), main_thread_wait_ns=5_000_000)
-    after = CpuSnapshot(wall_ns=1_000_000_000, machine=(250, 1200), main_thread_wait_ns=255_000_000)
-    assert cpu_contention(before, after) == (pytest.approx(0.75), pytest.approx(0.25))
-    unknown = CpuSnapshot(wall_ns=1_000_000_000, machine=None, main_thread_wait_ns=None)
-    assert cpu_contention(before, unknown) == (None, None)
+def test_cpu_contention_is_the_busy_share_and_the_wait_and_run_shares_between_snapshots() -> None:
+    before = CpuSnapshot(wall_ns=0, machine=(100, 1000), main_thread_wait_ns=5_000_000, main_thread_run_ns=10_000_000)
+    after = CpuSnapshot(wall_ns=1_000_000_000, machine=(250, 1200), main_thread_wait_ns=255_000_000,
+                        main_thread_run_ns=710_000_000)
+    assert cpu_contention(before, after) == CpuContention(pytest.approx(0.75), pytest.approx(0.25),
+                                                          pytest.approx(0.7))
+    unknown = CpuSnapshot(wall_ns=1_000_000_000, machine=None, main_thread_wait_ns=None, main_thread_run_ns=None)
+    assert cpu_contention(before, unknown) == CpuContention(None, None, None)
 
 
 def test_cpu_snapshots_of_this_process_see_it_spin() -> None:
@@ -331,11 +336,14 @@ def test_cpu_snapshots_of_this_process_see_it_spin() -> None:
     deadline = time.monotonic() + 0.3
     while time.monotonic() < deadline:
         pass
-    busy, waited = cpu_contention(before, cpu_snapshot(os.getpid()))
-    assert busy is not None
-    assert 0 < busy <= 1
-    assert waited is not None
-    assert 0 <= waited <= 1
+    contention = cpu_contention(before, cpu_snapshot(os.getpid()))
+    assert contention.busy is not None
+    assert 0 < contention.busy <= 1
+    assert contention.waited is not None
+    assert 0 <= contention.waited <= 1
+    # The main thread spun for the whole span, bar what the scheduler gave others (1.01: read apart from the clock).
+    assert contention.ran is not None
+    assert 0.1 < contention.ran <= 1.01
 
 
 def test_cpu_share_between_two_times_comes_from_the_samples_inside() -> None:
