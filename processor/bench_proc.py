@@ -85,7 +85,7 @@ class CpuSnapshot:
     wall_ns: int
     machine: tuple[int, int] | None  # (busy, total) ticks
     main_thread_wait_ns: int | None
-    main_thread_run_ns: int | None = None
+    main_thread_run_ns: int | None
 
 
 @dataclass(frozen=True)

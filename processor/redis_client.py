@@ -19,7 +19,7 @@ from redis.utils import HIREDIS_AVAILABLE
 
 
 class HiredisPackedConnection(Connection):
-    """An asyncio connection whose commands are packed by hiredis, as the synchronous one's are."""
+    """An asyncio connection whose commands hiredis packs and encodes, with no Python pass over the arguments."""
 
     _packer = HiredisRespSerializer()  # type: ignore[no-untyped-call]  # no fallback, no encoder: see above
 
