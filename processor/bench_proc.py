@@ -105,11 +105,13 @@ def cpu_snapshot(pid: int) -> CpuSnapshot:
         machine: tuple[int, int] | None = parse_machine_cpu(Path("/proc/stat").read_text())
     except (OSError, ValueError, IndexError):
         machine = None
+    ran: int | None
+    wait: int | None
     try:
         ran, wait = parse_schedstat(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text())
-        return CpuSnapshot(time.monotonic_ns(), machine, wait, ran)
     except (OSError, ValueError):
-        return CpuSnapshot(time.monotonic_ns(), machine, None, None)
+        ran = wait = None
+    return CpuSnapshot(time.monotonic_ns(), machine, wait, ran)
 
 
 def cpu_contention(before: CpuSnapshot, after: CpuSnapshot) -> CpuContention:
