@@ -287,6 +287,27 @@ def test_table_and_json_show_the_retry_path_and_the_soak() -> None:
     assert document["soak"]["rss_samples"] == [[0.0, 90.0], [600.0, 121.0]]
 
 
+def test_paced_targets_say_whether_each_paced_run_met_its_p99() -> None:
+    paced = dataclasses.replace(FULL, latency=LATENCY, retry_path=RETRY)
+    assert paced.paced_targets() == {
+        "e2e p99 < 100 ms": {"p99_ms": 48.5, "maximum_ms": 100.0, "met": True},
+        "retry lateness p99 < 1 s": {"p99_ms": 41.5, "maximum_ms": 1000.0, "met": True},
+    }
+    assert ("paced targets (reported, not enforced): e2e p99 < 100 ms: met (48.5 ms); retry lateness p99 < 1 s: "
+            "met (41.5 ms)") in " ".join(br.render_table(paced).split())
+    slow = dataclasses.replace(paced, latency=dataclasses.replace(LATENCY, e2e_p99_ms=100.0),
+                               retry_path=dataclasses.replace(RETRY, lateness_p99_ms=None))
+    assert slow.paced_targets()["e2e p99 < 100 ms"]["met"] is False  # under, not at
+    assert "e2e p99 < 100 ms: NOT met (100.0 ms); retry lateness p99 < 1 s: not measured" in br.render_table(slow)
+    assert orjson.loads(orjson.dumps(slow.as_json()))["paced_targets"]["retry lateness p99 < 1 s"]["met"] is None
+
+
+def test_without_paced_runs_there_are_no_paced_targets() -> None:
+    assert FULL.paced_targets() == {}
+    assert "paced targets" not in br.render_table(FULL)
+    assert orjson.loads(orjson.dumps(FULL.as_json()))["paced_targets"] == {}
+
+
 def test_least_squares_slope() -> None:
     from processor.bench_soak import least_squares_slope
 
