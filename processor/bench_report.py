@@ -292,7 +292,7 @@ def render_table(report: Report) -> str:
     lines.append("ratios (events/s): " + "  ".join(
         f"{name} {'-' if value is None else f'{value:.2f}'}" for name, value in report.ratios().items()))
     lines.append("targets (reported, not enforced): " + "; ".join(
-        f"{name}: {_verdict(t)}" for name, t in report.targets().items()))
+        f"{name}: {_verdict(t, 'ratio', lambda r: f'{r:.2f}x')}" for name, t in report.targets().items()))
     if report.latency is not None:
         lat = report.latency
         lines.append(
@@ -331,7 +331,7 @@ def render_table(report: Report) -> str:
     paced = report.paced_targets()
     if paced:
         lines.append("paced targets (reported, not enforced): " + "; ".join(
-            f"{name}: {_paced_verdict(t)}" for name, t in paced.items()))
+            f"{name}: {_verdict(t, 'p99_ms', _ms)}" for name, t in paced.items()))
     notes = [f"({row.key}) {row.note}" for row in report.rows if row.status == OK and row.note]
     for note in (*notes, *report.notes):
         lines.extend(textwrap.wrap(note, width=len(_HEADER), subsequent_indent="  "))
@@ -363,15 +363,9 @@ def _mb(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} MB"
 
 
-def _verdict(target: Mapping[str, float | bool | None]) -> str:
-    measured = target["ratio"]
-    if measured is None:
+def _verdict(target: Mapping[str, float | bool | None], measured: str, show: Callable[[float], str]) -> str:
+    """A target's verdict, with its ``measured`` value as ``show`` writes it."""
+    value = target[measured]
+    if value is None:
         return "not measured"
-    return f"{'met' if target['met'] else 'NOT met'} ({float(measured):.2f}x)"
-
-
-def _paced_verdict(target: Mapping[str, float | bool | None]) -> str:
-    measured = target["p99_ms"]
-    if measured is None:
-        return "not measured"
-    return f"{'met' if target['met'] else 'NOT met'} ({_ms(float(measured))})"
+    return f"{'met' if target['met'] else 'NOT met'} ({show(float(value))})"
