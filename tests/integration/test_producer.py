@@ -13,6 +13,7 @@ from tests.conftest import Backend
 # Far longer than the test's own wait (and under message.timeout.ms, 5 minutes, as librdkafka requires): a
 # batch that waited out linger.ms would time the test out.
 LINGER_MS = 240_000
+WARM_UP = b"warm-up"
 
 
 async def test_each_batch_is_sent_when_handed_over_not_after_linger(backend: Backend, unique: str) -> None:
@@ -41,9 +42,6 @@ async def test_each_batch_is_sent_when_handed_over_not_after_linger(backend: Bac
     finally:
         consumer.close()
     assert seen == {f"{batch}-{i}".encode() for batch in range(3) for i in range(20)}
-
-
-WARM_UP = b"warm-up"
 
 
 async def _warm_up(producer: DeliveringProducer, topic: str) -> None:
