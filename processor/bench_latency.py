@@ -14,6 +14,7 @@ measure a backlog draining. Here a fresh source is produced to at a steady rate 
 from __future__ import annotations
 
 import gc
+import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -111,21 +112,23 @@ def run_latency(run: Run, log_dir: Path, *, rate: float, seconds: float, payload
     one are read (``bench_proc.cpu_contention``): on a machine whose cores the broker, Redis and the load
     share with the worker, those waits are part of the e2e, and the report says how large they were.
 
-    The part after warm-up is also cut in three by input time, with the e2e p99 of each third and, on the
-    bench's own broker, the broker's CPU meanwhile: Tansu's fetch lists every batch its partition holds, so
-    a run at a fixed rate costs it more with every second, and a p99 that grows third by third with it is
-    the broker's growth, not the worker's."""
+    The part after warm-up is also cut in three by input time, with the e2e p99 of each third and the CPU
+    of each process on the cores meanwhile: the worker, the broker and Redis (when they are the bench's
+    own) and this process's load. Tansu's fetch lists every batch its partition holds, so a run at a fixed
+    rate costs it more with every second, and a p99 that grows third by third with it is the broker's
+    growth, not the worker's."""
     events = max(1, int(rate * seconds))
     wait = run.paced_fetch_wait
     broker_p50, broker_p99 = run_broker_alone(run, rate=rate, seconds=seconds, payload_bytes=payload_bytes)
-    broker = CpuSampler(run.broker_pid) if run.broker_pid is not None else None
     with paced_worker(run, log_dir, f"{PIPELINE}-lat", "processor pipeline at a fixed rate",
                       extra_env={"KAFKA_FETCH_MAX_WAIT_MS": str(wait)}) as worker:
+        pids = {"worker": worker.proc.pid, "broker": run.broker_pid, "redis": run.redis_pid, "load": os.getpid()}
+        samplers = {name: CpuSampler(pid) for name, pid in pids.items() if pid is not None}
 
         def between(seconds: float) -> None:
             worker.reader.poll(seconds)
-            if broker is not None:
-                broker.sample()
+            for sampler in samplers.values():
+                sampler.sample()
 
         before = cpu_snapshot(worker.proc.pid)
         url, topology = worker.launch.metrics_url, worker.launch.topology
@@ -137,8 +140,8 @@ def run_latency(run: Run, log_dir: Path, *, rate: float, seconds: float, payload
             inputs, achieved = produce_paced(run, worker.source, events, rate, payload_bytes, between)
         finally:
             speed = probe.stop()
-        if broker is not None:
-            broker.sample()
+        for sampler in samplers.values():
+            sampler.sample()
         worker.wait_outputs(events, run.timeout_seconds)
         contention = cpu_contention(before, cpu_snapshot(worker.proc.pid))
         loop_after = scrape(url)
@@ -160,10 +163,12 @@ def run_latency(run: Run, log_dir: Path, *, rate: float, seconds: float, payload
             worker_main_thread_wait_share=contention.waited, worker_main_thread_run_share=contention.ran,
             loop_lag_p50_ms=loop_p50, loop_lag_p99_ms=loop_p99,
             e2e_p99_by_third_ms=tuple(percentile(part, 0.99) for part in by_third),
-            broker_cpu_by_third=tuple(
-                None if broker is None else cpu_share_between(broker.samples, start / 1000, stop / 1000)
-                for start, stop in split_in_thirds(steady, end)
-            ),
+            cpu_by_third={
+                name: tuple(None if name not in samplers else
+                            cpu_share_between(samplers[name].samples, start / 1000, stop / 1000)
+                            for start, stop in split_in_thirds(steady, end))
+                for name in pids
+            },
             cpu_speed=loop_speed(speed, steady, end),
         )
 

@@ -7,10 +7,10 @@ renamed, so the bench never reads half a file.
 The latency run also reads how busy the machine's CPUs were, and how long the worker's main thread ran
 and waited for one (``cpu_contention``): on a machine shared with the broker, Redis and the load, those
 waits are part of every event's latency, and a main thread that ran most of the run had little to spare
-(Python runs the worker's pipeline on that one thread); the report should say when either was so. On
-the embedded broker it also samples the broker's own CPU through the run (``CpuSampler``): Tansu's cost
-per fetch grows with the batches a partition holds, so the same load costs it more at the end of a run
-than at the start.
+(Python runs the worker's pipeline on that one thread); the report should say when either was so. It
+also samples the CPU of each process on the cores through the run (``CpuSampler``): the worker, the
+bench's own broker and Redis, and the bench's load. Tansu's cost per fetch grows with the batches a
+partition holds, so the same load costs it more at the end of a run than at the start.
 
 And every run times the CPU itself (``SpeedProbe``): a process of its own runs the same pure-Python loop
 twice a second and records the CPU time it took. On the shared KVM host this was built on, that time

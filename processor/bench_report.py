@@ -30,6 +30,11 @@ TARGETS: tuple[tuple[str, str, float], ...] = ((PIPELINE, FAUST, 3.0), (PIPELINE
 # before its due time fails the run instead: bench.complete): (name, maximum p99 in ms).
 LATENCY_TARGET = ("e2e p99 < 100 ms", 100.0)
 RETRY_PATH_TARGET = ("retry lateness p99 < 1 s", 1000.0)
+# The processes whose CPU the latency run samples, by their key in ``LatencyResult.cpu_by_third``: together
+# they are nearly all of what runs on the machine's cores meanwhile, so a third whose e2e p99 rose says
+# which of them took the CPU.
+CPU_PROCESSES = {"worker": "the worker", "broker": "the broker", "redis": "Redis",
+                 "load": "the bench's own load (producer and reader)"}
 # The ratios the report shows: c against every baseline.
 RATIOS: tuple[tuple[str, str], ...] = (
     (PIPELINE, PLAIN), (PIPELINE, FAUST), (PIPELINE, FAUST_CONSUME), (PIPELINE, QUIX),
@@ -150,12 +155,13 @@ class LatencyResult:
     # How late the worker's event loop ran its timers meanwhile (processor.loop_lag): the worker's own stalls.
     loop_lag_p50_ms: float | None = None
     loop_lag_p99_ms: float | None = None
-    # The part after warm-up cut in three by input time: e2e p99 in each, and the embedded broker's CPU (share
-    # of one core) meanwhile; () where not measured, None in a third the bench cannot tell (no events, or a
-    # broker that is not its own). Tansu lists every batch a partition holds on each fetch, so its CPU grows
-    # through a run at a fixed rate; on real Kafka it does not.
+    # The part after warm-up cut in three by input time: e2e p99 in each, and the CPU (share of one core) of
+    # each process on the machine's cores meanwhile, by name (CPU_PROCESSES); () and {} where not measured,
+    # None in a third the bench cannot tell (no events, or a server that is not the bench's own). Tansu lists
+    # every batch a partition holds on each fetch, so its CPU grows through a run at a fixed rate; on real
+    # Kafka it does not.
     e2e_p99_by_third_ms: tuple[float | None, ...] = ()
-    broker_cpu_by_third: tuple[float | None, ...] = ()
+    cpu_by_third: Mapping[str, tuple[float | None, ...]] = field(default_factory=dict)
     cpu_speed: LoopSpeed | None = None  # while the load ran, after warm-up
 
 
@@ -306,8 +312,11 @@ def render_table(report: Report) -> str:
             f"and the worker's main thread ran {_share(lat.worker_main_thread_run_share)} of the time and waited for a "
             f"CPU {_share(lat.worker_main_thread_wait_share)}, "
             f"its event loop ran timers late by p50 {_ms(lat.loop_lag_p50_ms)}, p99 {_ms(lat.loop_lag_p99_ms)}"
-            + (f"; by third of the run after warm-up: e2e p99 {_series(lat.e2e_p99_by_third_ms, _ms)}, the broker's "
-               f"CPU {_series(lat.broker_cpu_by_third, _share)} of a core" if lat.e2e_p99_by_third_ms else "")
+            + (f"; by third of the run after warm-up: e2e p99 {_series(lat.e2e_p99_by_third_ms, _ms)}"
+               if lat.e2e_p99_by_third_ms else "")
+            + (", CPU (share of a core) of " + ", ".join(
+                f"{CPU_PROCESSES.get(name, name)} {_series(shares, _share)}"
+                for name, shares in lat.cpu_by_third.items()) if lat.cpu_by_third else "")
             + (f"; the speed probe's loop took p10 {_ms(lat.cpu_speed.p10_ms)}, p50 {_ms(lat.cpu_speed.p50_ms)}, "
                f"p90 {_ms(lat.cpu_speed.p90_ms)}{_against_maximum(report)}" if lat.cpu_speed else "")
         )

@@ -164,8 +164,9 @@ class Run:
     # The fetch wait of the latency and retry-path runs' workers (and of the broker-alone run's reader);
     # None: the settings' own.
     paced_fetch_wait_ms: int | None = None
-    # The embedded broker's process, when the bench started it (the latency run samples its CPU).
+    # The embedded broker's and Redis's processes, when the bench started them (the latency run samples their CPU).
     broker_pid: int | None = None
+    redis_pid: int | None = None
 
     @property
     def paced_fetch_wait(self) -> int:

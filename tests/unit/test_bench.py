@@ -166,12 +166,15 @@ def test_table_shows_the_latency_mode() -> None:
     assert "CPUs were - busy and the worker's main thread ran - of the time and waited for a CPU -," in " ".join(
         unknown.split())
     thirds = dataclasses.replace(latency, e2e_p99_by_third_ms=(40.0, 52.5, None),
-                                 broker_cpu_by_third=(0.271, 0.45, None))
+                                 cpu_by_third={"worker": (0.5, 0.55, None), "broker": (0.271, 0.45, None),
+                                               "redis": (None, None, None), "load": (0.1, 0.12, None)})
     shown = " ".join(br.render_table(report(latency=thirds)).split())
-    assert ("by third of the run after warm-up: e2e p99 40.0 ms, 52.5 ms, -, the broker's CPU 27%, 45%, - of a "
-            "core") in shown
-    assert orjson.loads(orjson.dumps(report(latency=thirds).as_json()))["latency"]["broker_cpu_by_third"] == [
-        0.271, 0.45, None]
+    assert ("by third of the run after warm-up: e2e p99 40.0 ms, 52.5 ms, -, CPU (share of a core) of the worker "
+            "50%, 55%, -, the broker 27%, 45%, -, Redis -, -, -, the bench's own load (producer and reader) 10%, "
+            "12%, -") in shown
+    assert orjson.loads(orjson.dumps(report(latency=thirds).as_json()))["latency"]["cpu_by_third"] == {
+        "worker": [0.5, 0.55, None], "broker": [0.271, 0.45, None], "redis": [None, None, None],
+        "load": [0.1, 0.12, None]}
     assert "speed probe" not in shown  # not measured
 
 
