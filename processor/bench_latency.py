@@ -125,10 +125,13 @@ def run_latency(run: Run, log_dir: Path, *, rate: float, seconds: float, payload
         pids = {"worker": worker.proc.pid, "broker": run.broker_pid, "redis": run.redis_pid, "load": os.getpid()}
         samplers = {name: CpuSampler(pid) for name, pid in pids.items() if pid is not None}
 
-        def between(seconds: float) -> None:
-            worker.reader.poll(seconds)
+        def sample_cpu() -> None:
             for sampler in samplers.values():
                 sampler.sample()
+
+        def between(seconds: float) -> None:
+            worker.reader.poll(seconds)
+            sample_cpu()
 
         before = cpu_snapshot(worker.proc.pid)
         url, topology = worker.launch.metrics_url, worker.launch.topology
@@ -140,8 +143,7 @@ def run_latency(run: Run, log_dir: Path, *, rate: float, seconds: float, payload
             inputs, achieved = produce_paced(run, worker.source, events, rate, payload_bytes, between)
         finally:
             speed = probe.stop()
-        for sampler in samplers.values():
-            sampler.sample()
+        sample_cpu()
         worker.wait_outputs(events, run.timeout_seconds)
         contention = cpu_contention(before, cpu_snapshot(worker.proc.pid))
         loop_after = scrape(url)
