@@ -16,9 +16,11 @@ How the recorded run becomes a promtool test (all of it is written to the report
   failed scrape would give it. Timestamps (``*_timestamp_seconds``) are moved onto promtool's clock.
 - **History and aftermath.** Before the recording, a steady history as long as the longest page window
   is prepended for the processes that were there from the start: gauges held at their first value
-  (caught-up lag, breakers closed), counters growing at the rate they had in the load before the fault
-  (no traffic when the fault starts with the load), so a window does not begin with the experiment and a
-  short fault is diluted as it would be in a fleet that ran before it. After the recording the final
+  (caught-up lag, breakers closed), counters growing with the traffic the load had before the fault (no
+  traffic when the fault starts with the load), every event of it good (each histogram bucket at its
+  count's rate, outcome counters for success only: ``chaos_series._history_rate``), so a window does not
+  begin with the experiment, a short fault is diluted as it would be in a healthy fleet that ran before
+  it, and the invented history itself never burns budget. After the recording the final
   values are extended forward (counters flat, gauges as they ended, timestamps advancing), long enough for
   every alert to clear: the longest short window plus 3 minutes.
 - **Verdict.** A probe test asks for the first and last firing time of every alert (its expected-nothing

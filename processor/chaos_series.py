@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from processor.chaos_record import Series
 
 COUNTER_SUFFIXES = ("_total", "_count", "_bucket")
+BUCKET_SUFFIX = "_bucket"
+GOOD_OUTCOME = "success"  # of processor_events_total's ``outcome``: the only one the history has
 
 
 def _fmt(value: float) -> str:
@@ -101,6 +103,19 @@ def _steady_rate(series: Series, name: str, key: Key, clock: Clock) -> float:
     return max(0.0, (_value_at(series, name, key, end) - _value_at(series, name, key, start)) / (end - start))
 
 
+def _history_rate(series: Series, name: str, key: Key, clock: Clock) -> float:
+    """A counter's rate in the history: the steady load's traffic, every event of it good. The steady load
+    is the run's first seconds, whose first batches are often slow (cold connections, topic metadata): at
+    their own rates the buckets made the whole invented history burn the latency budget and page before
+    the recording began. So a bucket grows with its histogram's count (every event under every bound) and
+    an outcome counter only for success; the recording itself keeps every slow or failed event it had."""
+    if dict(key).get("outcome", GOOD_OUTCOME) != GOOD_OUTCOME:
+        return 0.0
+    if name.endswith(BUCKET_SUFFIX):
+        name, key = name.removesuffix(BUCKET_SUFFIX) + "_count", tuple(p for p in key if p[0] != "le")
+    return _steady_rate(series, name, key, clock)
+
+
 def _values(series: Series, by_step: dict[int, dict[str, dict[Key, float]]], name: str, key: Key,
             clock: Clock) -> list[float | str | None]:
     """One series of one process, a value per step (see the module docstring)."""
@@ -111,7 +126,7 @@ def _values(series: Series, by_step: dict[int, dict[str, dict[Key, float]]], nam
     rebase = name.endswith("_timestamp_seconds")  # onto promtool's clock, which starts at 0
     counter = name.endswith(COUNTER_SUFFIXES)
     shift = clock.t0 - clock.history if rebase else 0.0
-    rate = _steady_rate(series, name, key, clock) if counter and from_start else 0.0
+    rate = _history_rate(series, name, key, clock) if counter and from_start else 0.0
     offset = rate * clock.history  # the history's traffic is added to every later value of a counter
     values: list[float | str | None] = [None] * clock.steps
     last: float | None = None

@@ -78,6 +78,53 @@ def test_counters_get_their_steady_rate_as_history_and_stay_flat_after() -> None
     assert expand([10.0 * s for s in range(5)] + [50, 50, 50, 60, 70, 80, 90, 100, 100, 100, 100]) == rows[0]["values"]
 
 
+def slow_start(seconds: int, rate: int = 100, slow: int = 10, slow_for: int = 4) -> list[tuple[float, Scrape]]:
+    """A worker's scrapes: ``rate`` events a second, ``slow`` of them a second over 0.5 s in the first
+    ``slow_for`` seconds (a cold worker's first batches), and one dead letter a second throughout."""
+    out = []
+    for s in range(seconds):
+        fast = sum(rate - (slow if i < slow_for else 0) for i in range(s))
+        labels = (("handler", "charge_payment"), ("topology", "orders"))
+        out.append((T0 + s, Scrape({
+            "processor_processing_seconds_bucket": {(*labels, ("le", "0.5")): float(fast),
+                                                    (*labels, ("le", "+Inf")): float(rate * s)},
+            "processor_processing_seconds_count": {labels: float(rate * s)},
+            "processor_events_total": {(*labels, ("outcome", "success")): float((rate - 1) * s),
+                                       (*labels, ("outcome", "dead_lettered")): float(s)},
+            "processor_monitor_last_run_timestamp_seconds": {(): T0 + s},
+        })))
+    return out
+
+
+def test_the_history_has_the_steady_traffic_but_no_slow_or_failed_event() -> None:
+    worker = series("w", slow_start(8))
+    clock = Clock(T0, T0 + 7, history=3, aftermath=1, steady=(T0, T0 + 4))
+    names = {"processor_processing_seconds_bucket", "processor_processing_seconds_count", "processor_events_total"}
+    rows = input_series([worker], names, clock)
+
+    def values(*parts: str) -> str:
+        return next(r["values"] for r in rows if all(part in r["series"] for part in parts))
+
+    # every bucket, +Inf and 0.5 alike, grows with the count's 100/s in the history; the recording keeps
+    # its 10 slow events a second; the dead letters do not grow in the history, the successes do (99/s)
+    assert values("_count") == expand([0, 100, 200] + [300 + 100 * s for s in range(8)] + [1000])
+    assert values('le="+Inf"') == values("_count")
+    assert values('le="0.5"') == expand([0, 100, 200] + [300 + 100 * s - 10 * min(s, 4) for s in range(8)] + [960])
+    assert values("dead_lettered") == expand([0, 0, 0, *list(range(8)), 7])
+    assert values('outcome="success"') == expand([0, 99, 198] + [297 + 99 * s for s in range(8)] + [990])
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+def test_slow_first_batches_in_the_steady_load_do_not_page_from_the_history(tmp_path: Path) -> None:
+    """A tenth of the steady load's events over the latency objective (its first 4 s, as a cold worker's
+    first batches can be): at their own rate the history paged the latency burn at -715 s (issue 26)."""
+    orders = load_topology("topologies.orders")
+    worker = series("w", slow_start(60, slow=10, slow_for=4))
+    verdict = check_alerts(orders, [worker], T0, T0 + 59, tmp_path, pages=(), may_page=(), steady=(T0, T0 + 4))
+    assert verdict.ok, verdict.summary() + " " + verdict.detail
+    assert not verdict.fired
+
+
 def test_a_stopped_process_goes_stale_and_a_late_one_has_no_history() -> None:
     early = series("early", [(T0 + s, scrape(processor_dependency_up=1)) for s in range(3)], ended_at=T0 + 3)
     late = series("late", [(T0 + s, scrape(processor_dependency_up=0)) for s in range(4, 6)])
