@@ -165,10 +165,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     topology = _load_topology(args.topology)
     url = args.metrics_url or f"http://127.0.0.1:{settings.metrics_port}/metrics"
-    try:
-        snap = snapshot(topology, settings, url)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {url} ({exc}): point --metrics-url at a running worker") from None
+    snap = snapshot(topology, settings, url)
+    missing = snap.missing_line()
+    if missing is not None:
+        print(missing, file=sys.stderr)  # stdout stays the view (or the JSON) alone
     if args.once:
         if args.json:
             sys.stdout.write(orjson.dumps(snap.as_json(), option=orjson.OPT_INDENT_2).decode() + "\n")
