@@ -39,6 +39,7 @@ from processor.bench_run import (
     seconds_to_ms,
     stop,
 )
+from processor.bench_stall import StallWatch, own_count
 from processor.bench_topology import RETRY_DELAY
 from processor.errors import StackError
 from processor.kafka import client_config, ensure_topics
@@ -68,9 +69,14 @@ class PacedWorker:
 
     def wait_outputs(self, events: int, timeout_seconds: float) -> None:
         deadline = time.monotonic() + timeout_seconds
+        watch = StallWatch(time.monotonic())
         while self.reader.count < events:
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise VariantFailed(f"{self.launch.label}: {self.reader.count} of {events} outputs; "
+            stalled = watch.check(self.reader.count, time.monotonic())
+            if stalled is not None or time.monotonic() > deadline or self.proc.poll() is not None:
+                exited = self.proc.poll() is not None
+                why = stalled or ("exited" if exited else f"not done after {timeout_seconds:.0f}s")
+                own = own_count(None, self.launch.metrics_url, self.launch.topology)
+                raise VariantFailed(f"{self.launch.label}: {why}: {self.reader.count} of {events} outputs; {own}; "
                                     f"see {self.launch.log}")
             self.reader.poll(0.1)
 

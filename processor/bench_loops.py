@@ -12,6 +12,7 @@ its peak RSS and CPU from /proc while it is still alive. Connection settings com
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import signal
 import sys
@@ -25,6 +26,7 @@ import orjson
 
 from processor.bench_proc import write_json, write_mark
 from processor.bench_report import percentile
+from processor.bench_stall import progress_path
 from processor.config import Settings
 
 CONFLUENT = "confluent"
@@ -33,6 +35,7 @@ FAUST_CONSUME = "faust-consume"
 QUIX = "quix"
 KINDS = (CONFLUENT, FAUST, FAUST_CONSUME, QUIX)
 SESSION_TIMEOUT_MS = 10_000
+PROGRESS_EVERY = 1000  # handled records between two writes of the progress file
 
 
 @dataclass(frozen=True)
@@ -56,29 +59,62 @@ class LoopSpec:
 
 
 class Tally:
-    """Counts handled records and their in-loop processing times; marks the first and reports the last."""
+    """Counts handled records, their in-loop processing times and, for a variant that produces, its outputs'
+    delivery reports; marks the first record, keeps a progress file for the bench to quote when the
+    variant stalls, and writes the result once every record is handled and (``produces``) every output's
+    delivery has been reported: a send only enqueues, and a result before the acks would claim outputs the
+    broker may never get."""
 
-    def __init__(self, spec: LoopSpec) -> None:
+    def __init__(self, spec: LoopSpec, *, produces: bool = True) -> None:
         self.spec = spec
+        self.produces = produces
         self.count = 0
+        self.acked = 0
+        self.failed = 0
+        self.first_error = ""
         self.samples: list[float] = []
         self._marked = False
+        self._reported = False
 
     def first(self) -> None:
         if not self._marked:
             write_mark(Path(self.spec.mark_file))
             self._marked = True
 
-    def done(self, seconds: float) -> bool:
-        """Count one record; True when it was the last one."""
+    def done(self, seconds: float) -> None:
+        """Count one handled record."""
         self.samples.append(seconds)
         self.count += 1
-        return self.count == self.spec.events
+        if self.count % PROGRESS_EVERY == 0:
+            write_json(progress_path(Path(self.spec.result_file)), self._counts())
+        self._maybe_report()
 
-    def report(self) -> None:
-        ms = [s * 1000 for s in self.samples]
+    def delivered(self, error: object | None) -> None:
+        """Count one output's delivery report (``error`` None: acknowledged by the broker)."""
+        if error is None:
+            self.acked += 1
+        else:
+            self.failed += 1
+            self.first_error = self.first_error or str(error)
+        self._maybe_report()
+
+    def on_future(self, future: asyncio.Future[Any]) -> None:
+        """``delivered`` as a done-callback of a send's delivery future (Faust, aiokafka)."""
+        self.delivered("cancelled" if future.cancelled() else future.exception())
+
+    def _counts(self) -> dict[str, object]:
+        return {"count": self.count, "acked": self.acked, "failed_deliveries": self.failed,
+                "first_delivery_error": self.first_error}
+
+    def _maybe_report(self) -> None:
+        settled = not self.produces or self.acked + self.failed >= self.spec.events
+        if self._reported or self.count < self.spec.events or not settled:
+            return
+        self._reported = True
+        ms = [s * 1000 for s in self.samples[:self.spec.events]]
+        write_json(progress_path(Path(self.spec.result_file)), self._counts())
         write_json(Path(self.spec.result_file), {
-            "count": self.count, "last_wall": time.time(),
+            **self._counts(), "last_wall": time.time(),
             "processing_p50_ms": percentile(ms, 0.5), "processing_p99_ms": percentile(ms, 0.99),
         })
 
@@ -122,18 +158,19 @@ def run_confluent(spec: LoopSpec, settings: Settings) -> None:
             value = orjson.dumps(orjson.loads(message.value() or b"null"))
             while True:
                 try:
-                    producer.produce(spec.output, value=value, key=message.key())
+                    producer.produce(spec.output, value=value, key=message.key(),
+                                     on_delivery=lambda error, _msg: tally.delivered(error))
                     break
                 except BufferError:
                     producer.poll(0.01)  # the local queue is full: let delivery reports drain it
-            finished = tally.done(time.perf_counter() - started)
+            tally.done(time.perf_counter() - started)
+            finished = tally.count >= spec.events
         producer.poll(0)
         if time.monotonic() >= next_commit:
             consumer.commit(asynchronous=True)
             next_commit = time.monotonic() + 1.0
-    producer.flush(30)
+    producer.flush()  # the last delivery report writes the result (Tally)
     consumer.commit(asynchronous=False)
-    tally.report()
     _idle_until_terminated()
     consumer.close()
 
@@ -145,11 +182,14 @@ def run_faust(spec: LoopSpec, settings: Settings, *, produce: bool) -> None:
     from processor.worker import FAUST_SETTINGS, faust_credentials
 
     # The worker's Faust settings (session timeout, commit interval, raw serializers): only the loop differs.
+    # It lingers 5 ms as (a) and our pipeline's producer do. Faust's default, 0, sent each output as a
+    # one-record batch; that is unfair to Faust (a request per record) and, on Tansu, which lists every
+    # batch in each Fetch, starved the bench's reader on a slow host (Tansu workaround as well).
     app = faust.App(spec.group, broker=f"kafka://{settings.kafka_bootstrap_servers}",
-                    broker_credentials=faust_credentials(settings), **FAUST_SETTINGS)
+                    broker_credentials=faust_credentials(settings), producer_linger=0.005, **FAUST_SETTINGS)
     source = app.topic(spec.source, value_serializer="raw", key_serializer="raw")
     output = app.topic(spec.output, value_serializer="raw", key_serializer="raw") if produce else None
-    tally = Tally(spec)
+    tally = Tally(spec, produces=produce)
 
     async def passthrough(stream: Any) -> None:
         async for event in stream.events():
@@ -157,11 +197,11 @@ def run_faust(spec: LoopSpec, settings: Settings, *, produce: bool) -> None:
             started = time.perf_counter()
             value = orjson.loads(event.value)
             if output is not None:
-                await output.send(key=event.key, value=orjson.dumps(value))
-            if tally.done(time.perf_counter() - started):
-                if output is not None:
-                    await app.producer.flush()
-                tally.report()
+                # The send returns aiokafka's delivery future; Faust reports a failed delivery nowhere, so
+                # the tally counts the acks and writes the result after the last one.
+                sent = await output.send(key=event.key, value=orjson.dumps(value))
+                sent.add_done_callback(tally.on_future)  # type: ignore[attr-defined]
+            tally.done(time.perf_counter() - started)
 
     app.agent(source, name=f"{spec.group}.agent")(passthrough)
     faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
@@ -178,7 +218,8 @@ def run_quix(spec: LoopSpec, settings: Settings) -> None:
     )
     source = app.topic(spec.source, key_deserializer="bytes", value_deserializer="json")
     output = app.topic(spec.output, key_serializer="bytes", value_serializer="json")
-    tally = Tally(spec)
+    # Quix Streams produces behind its own checkpoints: the bench sees its outputs on the topic.
+    tally = Tally(spec, produces=False)
     started = [0.0]
 
     def begin(value: Any) -> None:
@@ -186,8 +227,7 @@ def run_quix(spec: LoopSpec, settings: Settings) -> None:
         started[0] = time.perf_counter()
 
     def end(value: Any) -> None:
-        if tally.done(time.perf_counter() - started[0]):
-            tally.report()
+        tally.done(time.perf_counter() - started[0])
 
     frame = app.dataframe(source)
     frame = frame.update(begin)

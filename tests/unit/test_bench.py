@@ -18,10 +18,10 @@ from processor import bench_report as br
 from processor.bench import (
     EMBEDDED_FETCH_MAX_WAIT_MS,
     BenchOptions,
-    complete,
     describe_backend,
     missing_servers,
     paced_fetch_wait,
+    shortfalls,
     tansu_latency_note,
 )
 from processor.bench_latency import split_in_thirds, third_of
@@ -250,13 +250,29 @@ def test_finite_turns_nan_into_none() -> None:
     assert br.finite(None) is None
 
 
-def test_complete_needs_exactly_n_distinct_outputs_per_variant_that_ran() -> None:
+def runs_short(report: br.Report, options: BenchOptions) -> list[tuple[str, bool]]:
+    return [(s.run, s.ours) for s in shortfalls(report, options)]
+
+
+def test_each_variant_that_ran_needs_exactly_n_distinct_outputs() -> None:
     options = BenchOptions(events=N)
-    assert complete(FULL, options)
+    assert shortfalls(FULL, options) == []
     extra = dataclasses.replace(ok_row(br.FAUST, 1_000.0), events=N + 1)
-    assert not complete(report(extra), options)
-    assert not complete(report(dataclasses.replace(ok_row(br.FAUST, 1_000.0), distinct=N - 1)), options)
-    assert not complete(report(br.Row(br.PIPELINE, "pipeline", status=br.FAILED)), options)
+    assert runs_short(report(extra), options) == [("(b) variant b", False)]
+    assert runs_short(report(dataclasses.replace(ok_row(br.FAUST, 1_000.0), distinct=N - 1)), options) == [
+        ("(b) variant b", False)]
+    failed = shortfalls(report(br.Row(br.PIPELINE, "pipeline", status=br.FAILED, note="no progress")), options)
+    assert [(s.run, s.why, s.ours) for s in failed] == [("(c) pipeline", "no progress", True)]
+
+
+def test_only_our_pipelines_shortfalls_fail_the_bench_and_each_line_says_which() -> None:
+    baseline = shortfalls(report(br.Row(br.FAUST, "Faust agent", status=br.FAILED, note="no progress for 31s")),
+                          BenchOptions(events=N))
+    assert [s.ours for s in baseline] == [False]
+    assert baseline[0].line() == ("bench: (b) Faust agent incomplete (a baseline: reported, the exit status is not "
+                                  "affected): no progress for 31s")
+    traced = shortfalls(report(dataclasses.replace(ok_row(br.TRACED, 1_000.0), distinct=N - 1)), BenchOptions(events=N))
+    assert traced[0].line().startswith("bench: (d) variant d incomplete (fails the bench): ")
 
 
 RETRY = br.RetryPathResult(target_rate=1000.0, achieved_rate=999.0, events=N, distinct=N, delay_seconds=1.0, early=0,
@@ -268,14 +284,18 @@ SOAK = br.SoakResult(seconds=600.0, target_rate=2000.0, achieved_rate=1998.0, ev
                      e2e_p99_ms=70.0, rss_samples=((0.0, 90.0), (600.0, 121.0)))
 
 
-def test_complete_asks_each_paced_run_for_once_and_the_retry_path_for_nothing_early() -> None:
+def test_each_paced_run_asked_for_needs_each_event_once_and_the_retry_path_nothing_early() -> None:
     paced = dataclasses.replace(FULL, latency=LATENCY, retry_path=RETRY, soak=SOAK)
     options = BenchOptions(events=N, latency=True, soak_seconds=600.0)
-    assert complete(paced, options)
-    assert not complete(FULL, options)  # asked for, and missing: it failed
-    assert not complete(dataclasses.replace(paced, retry_path=dataclasses.replace(RETRY, early=1)), options)
-    assert not complete(dataclasses.replace(paced, soak=dataclasses.replace(SOAK, events=N + 1)), options)
-    assert not complete(dataclasses.replace(paced, latency=dataclasses.replace(LATENCY, distinct=N - 1)), options)
+    assert shortfalls(paced, options) == []
+    # asked for, and missing: they failed
+    assert runs_short(FULL, options) == [("latency run", True), ("retry-path run", True), ("soak", True)]
+    assert runs_short(dataclasses.replace(paced, retry_path=dataclasses.replace(RETRY, early=1)), options) == [
+        ("retry-path run", True)]
+    assert runs_short(dataclasses.replace(paced, soak=dataclasses.replace(SOAK, events=N + 1)), options) == [
+        ("soak", True)]
+    assert runs_short(dataclasses.replace(paced, latency=dataclasses.replace(LATENCY, distinct=N - 1)), options) == [
+        ("latency run", True)]
 
 
 def test_table_and_json_show_the_retry_path_and_the_soak() -> None:
