@@ -3,8 +3,8 @@
 Write a topology module with ``Topology`` and ``@topology.handler``; run it with ``processor worker``.
 """
 
-from processor.breaker import BreakerConfig, BreakerState
 from processor.config import Secret, Settings, SimulationSettings
+from processor.dev.simulate import DownstreamError, SimulatedService, set_outage
 from processor.errors import (
     ConfigError,
     DependencyUnavailable,
@@ -15,10 +15,10 @@ from processor.errors import (
     RetryableError,
     StackError,
 )
-from processor.retry import Retry
-from processor.simulate import DownstreamError, SimulatedService, set_outage
-from processor.slo import SLO
-from processor.topology import Context, HandlerSpec, Output, Topology, load_topology
+from processor.runtime.breaker import BreakerConfig, BreakerState
+from processor.topology.retry import Retry
+from processor.topology.slo import SLO
+from processor.topology.topology import Context, HandlerSpec, Output, Topology, load_topology
 
 __all__ = [
     "SLO",

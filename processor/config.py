@@ -140,9 +140,9 @@ class Settings:
     topic_partitions: int = _setting("PROCESSOR_TOPIC_PARTITIONS", _positive_int, 3)
     topic_replication_factor: int = _setting("PROCESSOR_TOPIC_REPLICATION_FACTOR", _positive_int, 1)
     # Real Kafka answers a waiting fetch when records arrive, so this only bounds an idle consumer's requests
-    # (10/s at 100); the embedded broker holds an empty fetch for half of it (see processor.consumer).
+    # (10/s at 100); the embedded broker holds an empty fetch for half of it (see processor.kafka.consumer).
     kafka_fetch_max_wait_ms: int = _setting("KAFKA_FETCH_MAX_WAIT_MS", _positive_int, 100)
-    # glibc's own variable, read here so that a worker's cap (processor.heap) is the one the user set.
+    # glibc's own variable, read here so that a worker's cap (processor.runtime.heap) is the one the user set.
     malloc_arena_max: int = _setting("MALLOC_ARENA_MAX", _positive_int, 2)
     kafka_security_protocol: SecurityProtocol = _setting(
         "KAFKA_SECURITY_PROTOCOL", _choice(get_args(SecurityProtocol), upper=True), "PLAINTEXT"

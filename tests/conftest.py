@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from processor.config import Settings
-from processor.servers import ServerProcess, embedded_stack
+from processor.dev.servers import ServerProcess, embedded_stack
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from processor.scrape import Scrape, scrape
-from processor.servers import free_port
+from processor.dev.servers import free_port
+from processor.observability.scrape import Scrape, scrape
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER_READY_SECONDS = 60.0

@@ -7,7 +7,7 @@ retry tiers and dead-letter topic:
 - ``charge_payment``    -> ``payments.captured``, or ``payments.declined`` (a business outcome, not an error)
 - ``notify_shipping``   -> ``shipping.requested``
 
-The downstream services are simulations (``processor.simulate``) whose failure rate and latency are
+The downstream services are simulations (``processor.dev.simulate``) whose failure rate and latency are
 injected with ``PROCESSOR_SIM_<SERVICE>_FAILURE_RATE`` / ``_LATENCY_MS``; the payment gateway sits behind
 a circuit breaker.
 """

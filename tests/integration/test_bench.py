@@ -11,10 +11,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from processor import bench_report as br
-from processor.bench import BenchOptions, bench_command
-from processor.bench_latency import paced_producer
-from processor.bench_run import Run
+from processor.bench import report as br
+from processor.bench.command import BenchOptions, bench_command
+from processor.bench.latency import paced_producer
+from processor.bench.run import Run
 from tests.conftest import Backend
 from tests.support import read_topic
 

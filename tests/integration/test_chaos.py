@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from processor.chaos_experiments import by_name
-from processor.chaos_report import table, write_report
-from processor.chaos_run import RunOptions, run_experiment
+from processor.chaos.experiments import by_name
+from processor.chaos.report import table, write_report
+from processor.chaos.run import RunOptions, run_experiment
 
 REPO = Path(__file__).resolve().parents[2]
 

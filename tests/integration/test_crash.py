@@ -15,7 +15,7 @@ from tests.conftest import Backend
 from tests.support import bed_worker, event, produce, read_topic
 
 EVENTS = 600
-MAX_BATCH = 500  # processor.partitions default: at most this many events of a partition are in flight
+MAX_BATCH = 500  # processor.runtime.partitions default: at most this many events of a partition are in flight
 
 
 def test_sigkill_mid_stream_loses_nothing(backend: Backend, unique: str, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from processor.servers import free_port
+from processor.dev.servers import free_port
 
 
 def dev(state: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from processor.scrape import Scrape
+from processor.observability.scrape import Scrape
 from tests.conftest import Backend
 from tests.support import bed_worker, event, produce, read_topic
 

@@ -13,18 +13,25 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from processor import headers as h
-from processor import redis_client
-from processor.breaker import Breaker, BreakerConfig, BreakerState
-from processor.codec import Decoder
-from processor.dedup import Claim, Dedup
+from processor.dev.servers import free_port, start_redis
 from processor.errors import FatalError
-from processor.kafka import DeliveryError, OutRecord
-from processor.metrics import Metrics
-from processor.pipeline import FATAL_ERROR, OUTPUT_REJECTED, RETRIES_EXHAUSTED, InRecord, Pipeline, _encode_outputs
-from processor.retry import Retry
-from processor.servers import free_port, start_redis
-from processor.topology import Context, Output, Topology
+from processor.kafka.producer import DeliveryError, OutRecord
+from processor.observability.metrics import Metrics
+from processor.runtime import headers as h
+from processor.runtime import redis_client
+from processor.runtime.breaker import Breaker, BreakerConfig, BreakerState
+from processor.runtime.decode import Decoder
+from processor.runtime.dedup import Claim, Dedup
+from processor.runtime.pipeline import (
+    FATAL_ERROR,
+    OUTPUT_REJECTED,
+    RETRIES_EXHAUSTED,
+    InRecord,
+    Pipeline,
+    _encode_outputs,
+)
+from processor.topology.retry import Retry
+from processor.topology.topology import Context, Output, Topology
 from tests.conftest import Backend
 
 NOW = 1_700_000_000.0

@@ -7,7 +7,7 @@ import asyncio
 
 from confluent_kafka import Consumer, TopicPartition
 
-from processor.kafka import DeliveringProducer, OutRecord, client_config, ensure_topics
+from processor.kafka.producer import DeliveringProducer, OutRecord, client_config, ensure_topics
 from tests.conftest import Backend
 
 # Far longer than the test's own wait (and under message.timeout.ms, 5 minutes, as librdkafka requires): a

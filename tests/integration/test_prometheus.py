@@ -13,8 +13,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from processor.metrics import LATENCY_BUCKETS
-from processor.servers import free_port
+from processor.dev.servers import free_port
+from processor.observability.metrics import LATENCY_BUCKETS
 from tests.conftest import Backend
 from tests.support import bed_worker, event, produce
 

@@ -12,16 +12,16 @@ from pathlib import Path
 
 import redis
 
-from processor.servers import ServerProcess, free_port, start_redis
+from processor.dev.servers import ServerProcess, free_port, start_redis
 from tests.conftest import Backend
 from tests.support import bed_worker, event, produce, read_topic
 
 EVENTS = 300
 PER_SECOND = 50
-# The worker's Redis client gives up on a reply after 5 s (socket_timeout in processor/worker.py) and only
+# The worker's Redis client gives up on a reply after 5 s (socket_timeout in processor/runtime/worker.py) and only
 # then reports Redis down; a shorter pause looks like a slow reply, so the pause is longer than that.
 PAUSE_SECONDS = 7.0
-# Once Redis answers again the worker's back-off (at most 5 s, processor/dedup.py) ends and the backlog of
+# Once Redis answers again the worker's back-off (at most 5 s, processor/runtime/dedup.py) ends and the backlog of
 # ~250 events drains in well under a second; 15 s is generous, and far below the 30 s claim lease, so a
 # worker that waits out a lease after the outage fails here rather than hiding behind a long timeout.
 RECOVERY_SECONDS = 15.0

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from processor.servers import free_port
+from processor.dev.servers import free_port
 from tests.conftest import REPO, Backend
 from tests.support import bed_worker, event, produce, read_topic
 

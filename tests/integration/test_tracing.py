@@ -14,14 +14,14 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from processor.codec import Decoder
-from processor.dedup import Dedup
-from processor.kafka import DeliveryError, OutRecord
-from processor.metrics import Metrics
-from processor.pipeline import InRecord, Pipeline
-from processor.retry import Retry
-from processor.topology import Context, Output, Topology
-from processor.tracing import Tracing
+from processor.kafka.producer import DeliveryError, OutRecord
+from processor.observability.metrics import Metrics
+from processor.observability.tracing import Tracing
+from processor.runtime.decode import Decoder
+from processor.runtime.dedup import Dedup
+from processor.runtime.pipeline import InRecord, Pipeline
+from processor.topology.retry import Retry
+from processor.topology.topology import Context, Output, Topology
 from tests.conftest import Backend
 
 

@@ -14,8 +14,8 @@ import orjson
 import pytest
 
 import processor
-from processor import bench_report as br
-from processor.bench import (
+from processor.bench import report as br
+from processor.bench.command import (
     EMBEDDED_FETCH_MAX_WAIT_MS,
     BenchOptions,
     describe_backend,
@@ -24,9 +24,9 @@ from processor.bench import (
     shortfalls,
     tansu_latency_note,
 )
-from processor.bench_latency import split_in_thirds, third_of
-from processor.bench_loops import LoopSpec
-from processor.bench_proc import (
+from processor.bench.latency import split_in_thirds, third_of
+from processor.bench.loops import LoopSpec
+from processor.bench.proc import (
     CLOCK_TICKS_PER_SECOND,
     CpuContention,
     CpuSampler,
@@ -43,10 +43,10 @@ from processor.bench_proc import (
     read_json,
     write_json,
 )
-from processor.bench_run import Run, child_env, event_value
-from processor.codec import Decoder, compile_schema
+from processor.bench.run import Run, child_env, event_value
 from processor.config import Settings
-from processor.topology import Context, Output
+from processor.runtime.decode import Decoder, compile_schema
+from processor.topology.topology import Context, Output
 
 N = 1000
 
@@ -332,7 +332,7 @@ def test_without_paced_runs_there_are_no_paced_targets() -> None:
 
 
 def test_least_squares_slope() -> None:
-    from processor.bench_soak import least_squares_slope
+    from processor.bench.soak import least_squares_slope
 
     assert least_squares_slope([(0.0, 1.0), (1.0, 3.0), (2.0, 5.0)]) == pytest.approx(2.0)
     assert least_squares_slope([(0.0, 5.0), (10.0, 5.0), (20.0, 5.0)]) == pytest.approx(0.0)
@@ -350,7 +350,7 @@ def test_cpu_ticks_are_utime_plus_stime_even_with_a_strange_command_name() -> No
 
 
 def test_cpu_ticks_of_this_process_grow() -> None:
-    from processor.bench_proc import cpu_ticks, peak_rss_kb
+    from processor.bench.proc import cpu_ticks, peak_rss_kb
 
     assert cpu_ticks() >= 0
     assert peak_rss_kb() > 1000
@@ -451,7 +451,7 @@ def test_loop_spec_round_trips_through_json() -> None:
 def test_events_have_the_payload_size_and_pass_the_bench_schema(size: int) -> None:
     value = event_value("bench-x", 12345, size)
     assert len(value) == size
-    schemas = Path(processor.__file__).parent / "bench_schemas"
+    schemas = Path(processor.__file__).parent / "bench" / "schemas"
     decoder = Decoder(compile_schema(schemas, "bench_event"), "event_id", 1 << 20)
     event, event_id = decoder.decode(value, {})
     assert event_id == "bench-x-12345"
@@ -470,7 +470,7 @@ def test_bench_topology_passes_the_event_through_and_marks_its_first_call(
     monkeypatch.setenv("PROCESSOR_BENCH_SOURCE", "bench-unit.src")
     monkeypatch.setenv("PROCESSOR_BENCH_OUTPUT", "bench-unit.dst")
     monkeypatch.setenv("PROCESSOR_BENCH_MARK_FILE", str(mark))
-    import processor.bench_topology as module
+    import processor.bench.topology as module
 
     module = importlib.reload(module)
     (spec,) = module.topology.handlers

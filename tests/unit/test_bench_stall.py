@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from processor.bench_loops import LoopSpec, Tally
-from processor.bench_proc import read_json, write_json
-from processor.bench_stall import STALL_SECONDS, START_SECONDS, StallWatch, loop_count, own_count, progress_path
+from processor.bench.loops import LoopSpec, Tally
+from processor.bench.proc import read_json, write_json
+from processor.bench.stall import STALL_SECONDS, START_SECONDS, StallWatch, loop_count, own_count, progress_path
 
 
 def test_progress_keeps_a_variant_alive_however_slow() -> None:

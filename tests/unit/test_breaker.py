@@ -4,8 +4,8 @@ import asyncio
 
 import pytest
 
-from processor.breaker import Breaker, BreakerConfig, BreakerState
 from processor.errors import ConfigError
+from processor.runtime.breaker import Breaker, BreakerConfig, BreakerState
 
 
 class FakeClock:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from processor.burrow import LagEvaluator, Sample, Status, evaluate, worst
+from processor.observability.burrow import LagEvaluator, Sample, Status, evaluate, worst
 
 
 def samples(*rows: tuple[int, int], members: int = 1) -> list[Sample]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from processor.chaos_alerts import (
+from processor.chaos.alerts import (
     EVALUATION_INTERVAL_SECONDS,
     AlertVerdict,
     aftermath_seconds,
@@ -16,10 +16,10 @@ from processor.chaos_alerts import (
     history_seconds,
     shrunk,
 )
-from processor.chaos_record import Sample, Series
-from processor.chaos_series import Clock, expand, input_series
-from processor.scrape import Scrape
-from processor.topology import load_topology
+from processor.chaos.record import Sample, Series
+from processor.chaos.series import Clock, expand, input_series
+from processor.observability.scrape import Scrape
+from processor.topology.topology import load_topology
 
 T0 = 1_000_000.0
 

@@ -7,15 +7,15 @@ import math
 
 import orjson
 
-from processor import headers as h
-from processor.chaos_metrics import crash_tolerance, ever, increase, max_lag, total, window_quantile
-from processor.chaos_read import Ledger
-from processor.chaos_record import Sample, Series
-from processor.chaos_verify import Unit, account, account_effects, recovery_seconds, steady_bound, units_of
-from processor.chaos_workload import INPUT_HEADER, PROCESS, Input
-from processor.pipeline import InRecord
-from processor.scrape import Scrape
-from processor.topology import load_topology
+from processor.chaos.metrics import crash_tolerance, ever, increase, max_lag, total, window_quantile
+from processor.chaos.read import Ledger
+from processor.chaos.record import Sample, Series
+from processor.chaos.verify import Unit, account, account_effects, recovery_seconds, steady_bound, units_of
+from processor.chaos.workload import INPUT_HEADER, PROCESS, Input
+from processor.observability.scrape import Scrape
+from processor.runtime import headers as h
+from processor.runtime.pipeline import InRecord
+from processor.topology.topology import load_topology
 
 RUN = "run1"
 SPEC = load_topology("topologies.orders").get("charge_payment")

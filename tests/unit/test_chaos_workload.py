@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from processor.chaos import list_experiments
-from processor.chaos_experiments import EXPERIMENTS, by_name
-from processor.chaos_judge import Outcome
-from processor.chaos_model import CheckResult
-from processor.chaos_report import markdown, table, write_report
-from processor.chaos_workload import PROCESS, WorkloadSpec, build_inputs
-from processor.cli import build_parser
-from processor.codec import Decoder, compile_schema
+from processor.chaos.command import list_experiments
+from processor.chaos.experiments import EXPERIMENTS, by_name
+from processor.chaos.judge import Outcome
+from processor.chaos.model import CheckResult
+from processor.chaos.report import markdown, table, write_report
+from processor.chaos.workload import PROCESS, WorkloadSpec, build_inputs
+from processor.cli.main import build_parser
 from processor.errors import InvalidEvent
-from processor.topology import load_topology
+from processor.runtime.decode import Decoder, compile_schema
+from processor.topology.topology import load_topology
 
 
 def test_every_input_is_run_prefixed_and_unique() -> None:

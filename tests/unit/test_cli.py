@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from processor.cli import build_parser
+from processor.cli.main import build_parser
 
 SUBCOMMANDS = [
     [], ["dev"], ["dev", "up"], ["dev", "down"], ["dev", "status"], ["dev", "env"], ["worker"],

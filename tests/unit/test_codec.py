@@ -5,7 +5,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from processor.codec import (
+from processor.errors import ConfigError, FatalError, InvalidEvent
+from processor.runtime.decode import (
     INVALID_JSON,
     MISSING_EVENT_ID,
     OVERSIZED,
@@ -13,7 +14,6 @@ from processor.codec import (
     Decoder,
     compile_schema,
 )
-from processor.errors import ConfigError, FatalError, InvalidEvent
 
 SCHEMA = {
     "type": "object",

@@ -6,7 +6,7 @@ import pytest
 
 from processor.config import Secret, Settings, SimulationSettings
 from processor.errors import ConfigError
-from processor.topology import Topology
+from processor.topology.topology import Topology
 
 
 def test_defaults_without_environment() -> None:
@@ -95,7 +95,7 @@ def test_a_claim_lease_must_be_above_zero(lease: float) -> None:
 
 
 def test_a_handler_timeout_may_exceed_the_claim_lease() -> None:
-    # Leases are renewed while a batch runs (processor.dedup): the lease bounds take-over, not handlers.
+    # Leases are renewed while a batch runs (processor.runtime.dedup): the lease bounds take-over, not handlers.
     topology = Topology("t", claim_lease_seconds=5.0)
 
     @topology.handler(source="in", timeout_seconds=60.0)

@@ -12,17 +12,17 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
-from processor.dashboard import dashboard_uid, grafana_dashboard, promql_targets, render_dashboard
-from processor.metrics import Metrics
-from processor.rules import prometheus_rules
-from processor.topology import Topology, load_topology
+from processor.observability.metrics import Metrics
+from processor.ops.dashboard import dashboard_uid, grafana_dashboard, promql_targets, render_dashboard
+from processor.ops.rules import prometheus_rules
+from processor.topology.topology import Topology, load_topology
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMITTED = ROOT / "processor" / "deploy" / "grafana" / "dashboards" / "orders.json"
-DATASOURCES = ROOT / "processor" / "deploy" / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+COMMITTED = ROOT / "processor" / "ops" / "deploy" / "grafana" / "dashboards" / "orders.json"
+DATASOURCES = ROOT / "processor" / "ops" / "deploy" / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 REGENERATE = (
-    "regenerate with: .venv/bin/python -c 'import sys; from processor.dashboard import render_dashboard; "
-    "from processor.topology import load_topology; "
+    "regenerate with: .venv/bin/python -c 'import sys; from processor.ops.dashboard import render_dashboard; "
+    "from processor.topology.topology import load_topology; "
     "sys.stdout.write(render_dashboard(load_topology(\"topologies.orders\")))' > {path}"
 )
 

@@ -1,11 +1,12 @@
-"""processor.heap against this process's own C library (no mock: glibc on Debian, where the tests and workers run)."""
+"""processor.runtime.heap against this process's own C library (no mock: glibc on Debian, where the tests
+and workers run)."""
 
 from __future__ import annotations
 
 import platform
 
-from processor import heap
-from processor.bench_proc import rss_kb
+from processor.bench.proc import rss_kb
+from processor.runtime import heap
 
 GLIBC = platform.libc_ver()[0] == "glibc"
 

@@ -1,4 +1,4 @@
-"""processor.logs: JSON and console lines, event context, trace ids, redaction."""
+"""processor.observability.logs: JSON and console lines, event context, trace ids, redaction."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from mode.utils.logging import redirect_stdouts
 from opentelemetry.sdk.trace import TracerProvider
 
-from processor.logs import (
+from processor.observability.logs import (
     QUIET_LOGGERS,
     REDACTED,
     configure_logging,

@@ -7,12 +7,12 @@ from typing import Any
 import pytest
 from prometheus_client import generate_latest
 
-from processor.budget import BudgetTracker
-from processor.metrics import Metrics
-from processor.monitor import RollingQuantile
-from processor.scrape import histogram_quantile, parse
-from processor.slo import SLO
-from processor.topology import Context, Output, Topology
+from processor.observability.budget import BudgetTracker
+from processor.observability.metrics import Metrics
+from processor.observability.monitor import RollingQuantile
+from processor.observability.scrape import histogram_quantile, parse
+from processor.topology.slo import SLO
+from processor.topology.topology import Context, Output, Topology
 
 # -- RollingQuantile ---------------------------------------------------------------------------------
 

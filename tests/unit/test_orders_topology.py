@@ -6,9 +6,9 @@ import asyncio
 import random
 from typing import Any
 
-from processor.codec import compile_schema
-from processor.demo import order_created
-from processor.topology import Context
+from processor.dev.demo import order_created
+from processor.runtime.decode import compile_schema
+from processor.topology.topology import Context
 from topologies.orders import topology
 
 

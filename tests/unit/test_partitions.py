@@ -4,9 +4,9 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 
-from processor import headers as h
-from processor.partitions import PartitionQueues
-from processor.pipeline import InRecord
+from processor.runtime import headers as h
+from processor.runtime.partitions import PartitionQueues
+from processor.runtime.pipeline import InRecord
 
 
 class FakeClock:
@@ -457,7 +457,7 @@ async def test_a_batch_that_runs_long_is_reported_until_it_ends() -> None:
     r.gate.clear()
     q = r.queues(stuck_seconds=0.05)
     warnings = Warnings()
-    logger = logging.getLogger("processor.partitions")
+    logger = logging.getLogger("processor.runtime.partitions")
     logger.addHandler(warnings)
     try:
         q.put(3, [rec(3, 7), rec(3, 8)])

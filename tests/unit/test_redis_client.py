@@ -4,7 +4,7 @@ import pytest
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.exceptions import DataError
 
-from processor.redis_client import HiredisPackedConnection, connect
+from processor.runtime.redis_client import HiredisPackedConnection, connect
 
 COMMANDS: list[tuple[object, ...]] = [
     ("EVALSHA", "a" * 40, 2, "processor:dedup:g:e-1", "processor:dedup:g:é-2", "w/1", 30000, 1.5, b"\x00\xff|r"),

@@ -12,7 +12,7 @@ from processor.errors import (
     ProcessorError,
     RetryableError,
 )
-from processor.retry import Retry, format_duration, parse_duration
+from processor.topology.retry import Retry, format_duration, parse_duration
 
 
 @pytest.mark.parametrize(

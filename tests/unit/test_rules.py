@@ -16,24 +16,25 @@ import pytest
 import yaml  # type: ignore[import-untyped, unused-ignore]
 from prometheus_client import generate_latest
 
-from processor.metrics import Metrics
-from processor.rules import (
+from processor.observability.metrics import Metrics
+from processor.ops.rules import (
     ALERT_NAMES,
     BUDGET_REMAINING,
     RUNBOOK_BASE,
     prometheus_rules,
     render_rules,
 )
-from processor.slo import SLO
-from processor.topology import Topology, load_topology
+from processor.topology.slo import SLO
+from processor.topology.topology import Topology, load_topology
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMTOOL_DIR = ROOT / "tests" / "promtool"
-RUNBOOKS = ROOT / "processor" / "runbooks"
-COMMITTED = (PROMTOOL_DIR / "orders_rules.yml", ROOT / "processor" / "deploy" / "prometheus" / "rules" / "orders.yml")
+RUNBOOKS = ROOT / "processor" / "ops" / "runbooks"
+COMMITTED = (PROMTOOL_DIR / "orders_rules.yml", ROOT / "processor" / "ops" / "deploy" / "prometheus" / "rules"
+             / "orders.yml")
 REGENERATE = (
-    "regenerate with: .venv/bin/python -c 'import sys; from processor.rules import render_rules; "
-    "from processor.topology import load_topology; "
+    "regenerate with: .venv/bin/python -c 'import sys; from processor.ops.rules import render_rules; "
+    "from processor.topology.topology import load_topology; "
     "sys.stdout.write(render_rules(load_topology(\"topologies.orders\")))' > {path}"
 )
 
@@ -203,7 +204,7 @@ def test_latency_le_matches_the_exposition(threshold: str) -> None:
 
 
 def test_stall_waits_out_the_longest_retry_delay() -> None:
-    from processor.retry import Retry
+    from processor.topology.retry import Retry
 
     topology = Topology("slow")
     topology.handler(source="in", retry=Retry(delays=("1s", "5m"), jitter=0.2), name="slow")(_noop)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from processor.status import MISSING_WITHOUT_METRICS, LagRow, render, without_metrics
-from processor.topology import load_topology
+from processor.ops.status import MISSING_WITHOUT_METRICS, LagRow, render, without_metrics
+from processor.topology.topology import load_topology
 
 URL = "http://127.0.0.1:9100/metrics"
 
@@ -44,6 +44,6 @@ def test_the_view_shows_the_missing_fields_as_dashes_and_says_why() -> None:
 
 
 def test_with_metrics_nothing_is_missing() -> None:
-    from processor.status import Snapshot
+    from processor.ops.status import Snapshot
 
     assert Snapshot("orders", 0.0, "worker metrics", metrics_url=URL).missing_line() is None

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from processor.timeouts import CallTimer
+from processor.runtime.timeouts import CallTimer
 
 
 async def test_calls_on_time_return_their_value_and_close_leaves_no_timer() -> None:

@@ -1,0 +1,1 @@
+"""The development stack: embedded broker and Redis, the demo, simulated downstream services."""

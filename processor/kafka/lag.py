@@ -1,0 +1,108 @@
+"""Consumer lag, measured: per partition, the group's committed offset, the log end, and the age of the
+oldest record the group has not committed.
+
+The log end is the high watermark of a fetch response, never ListOffsets(latest): on the embedded broker
+(Tansu) ListOffsets(latest) answers the base offset of the last batch + 1 when producers batch, while the
+fetch response's high watermark is right there and on real Kafka. One fetch at the committed offset gives
+both the high watermark and the oldest unprocessed record, whose timestamp is the lag in seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, ConsumerGroupTopicPartitions, KafkaError, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from processor.config import Settings
+from processor.errors import DependencyUnavailable
+from processor.kafka.producer import client_config
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionLag:
+    """One partition of one group at one moment."""
+
+    group: str
+    topic: str
+    partition: int
+    committed: int  # -1: the group never committed here
+    log_start: int
+    log_end: int
+    oldest_unprocessed_ms: int | None  # record timestamp of the first uncommitted record
+    members: int  # active members of the group (0: nobody consumes)
+
+    @property
+    def messages(self) -> int:
+        return max(0, self.log_end - (self.committed if self.committed >= 0 else self.log_start))
+
+    def seconds(self, now: float) -> float:
+        if self.messages == 0 or self.oldest_unprocessed_ms is None:
+            return 0.0
+        return max(0.0, now - self.oldest_unprocessed_ms / 1000)
+
+
+def _committed(admin: AdminClient, group: str, tps: list[TopicPartition]) -> dict[tuple[str, int], int]:
+    futures = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, tps)], request_timeout=10)
+    result = futures[group].result()
+    return {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions if tp.error is None}
+
+
+def _members(admin: AdminClient, group: str) -> int:
+    try:
+        description = admin.describe_consumer_groups([group], request_timeout=10)[group].result()
+    except Exception:
+        return -1  # unknown: the evaluator then cannot tell STOP from STALL and says STALL
+    return len(description.members)
+
+
+def read_lag(
+    settings: Settings, group: str, topics: Sequence[str], timeout_seconds: float = 10.0
+) -> list[PartitionLag]:
+    """Lag of ``group`` on every partition of ``topics`` (blocking; run it in a thread)."""
+    admin = AdminClient(client_config(settings))
+    consumer = Consumer(client_config(settings, **{
+        "group.id": f"processor-lag-reader.{group}", "enable.auto.commit": False,
+        "enable.partition.eof": True, "max.partition.fetch.bytes": 16384,
+    }))
+    try:
+        metadata = consumer.list_topics(timeout=timeout_seconds).topics
+        tps = [TopicPartition(t, p) for t in topics if t in metadata for p in metadata[t].partitions]
+        if not tps:
+            return []
+        committed = _committed(admin, group, tps)
+        members = _members(admin, group)
+        start = [TopicPartition(tp.topic, tp.partition, committed.get((tp.topic, tp.partition), -1)) for tp in tps]
+        for tp in start:
+            if tp.offset < 0:
+                tp.offset = OFFSET_BEGINNING
+        consumer.assign(start)
+        oldest: dict[tuple[str, int], int] = {}
+        done: set[tuple[str, int]] = set()
+        deadline = time.monotonic() + timeout_seconds
+        while len(done) < len(tps):
+            if time.monotonic() > deadline:
+                raise DependencyUnavailable(f"lag of {group}: no fetch answer within {timeout_seconds}s")
+            msg = consumer.poll(0.2)
+            if msg is None:
+                continue
+            key = (msg.topic() or "", msg.partition() or 0)
+            error = msg.error()
+            if error is not None and error.code() != KafkaError._PARTITION_EOF:
+                raise DependencyUnavailable(f"lag of {group}: {error.str()}")
+            if error is None and key not in oldest:
+                oldest[key] = msg.timestamp()[1]
+            if key not in done:
+                done.add(key)
+                consumer.pause([TopicPartition(key[0], key[1])])
+        out = []
+        for tp in tps:
+            key = (tp.topic, tp.partition)
+            low, high = consumer.get_watermark_offsets(tp, cached=True)
+            out.append(PartitionLag(group, tp.topic, tp.partition, committed.get(key, -1), low, high,
+                                    oldest.get(key), members))
+        return out
+    finally:
+        consumer.close()

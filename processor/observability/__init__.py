@@ -1,0 +1,1 @@
+"""Metrics, tracing, logs, the lag/latency monitor, lag status and error budgets."""

@@ -1,0 +1,1 @@
+"""What an operator runs: alert rules, dashboards, runbooks, status, DLQ tools."""

@@ -1,0 +1,1 @@
+"""What a topology author declares: handlers and their topics, retry policies, SLOs."""
