@@ -2,16 +2,16 @@
 
 The tree::
 
-    ProcessorError                  base of everything below; ``retriable`` says what the router does
+    ProcessorError                  base of everything below; ``retryable`` says what the router does
     ├── ConfigError                 a bad setting, flag or topology; the CLI prints it on one line, exits 2
     ├── StackError                  the embedded broker or Redis could not be started, reached or stopped
     ├── DependencyUnavailable       a dependency (Redis, the broker) is down; the worker waits, never drops
     └── HandlerError                raised by user handlers to steer failure routing
-        ├── RetryableError          retriable = True: next retry tier, then the DLQ
-        └── FatalError              retriable = False: straight to the dead-letter topic
+        ├── RetryableError          retryable = True: next retry tier, then the DLQ
+        └── FatalError              retryable = False: straight to the dead-letter topic
             └── InvalidEvent        undecodable, schema-invalid, oversized or id-less input
 
-The router decides by the ``retriable`` class attribute, never by matching message text. Exceptions
+The router decides by the ``retryable`` class attribute, never by matching message text. Exceptions
 that are not ``ProcessorError``s are classified by the handler's retry policy.
 """
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 class ProcessorError(Exception):
     """Base class of every processor exception."""
 
-    retriable: bool = False
+    retryable: bool = False
 
 
 class ConfigError(ProcessorError):
@@ -35,7 +35,7 @@ class StackError(ProcessorError):
 class DependencyUnavailable(ProcessorError):
     """A dependency is unreachable; callers wait and retry instead of dropping work."""
 
-    retriable = True
+    retryable = True
 
 
 class HandlerError(ProcessorError):
@@ -45,13 +45,13 @@ class HandlerError(ProcessorError):
 class RetryableError(HandlerError):
     """A transient failure: the event goes to the next retry tier."""
 
-    retriable = True
+    retryable = True
 
 
 class FatalError(HandlerError):
     """A permanent failure: the event goes to the dead-letter topic at once."""
 
-    retriable = False
+    retryable = False
 
 
 class InvalidEvent(FatalError):

@@ -179,7 +179,7 @@ def run_faust(spec: LoopSpec, settings: Settings, *, produce: bool) -> None:
     """(b) a plain Faust agent, ``await topic.send()`` per event; (b0) with ``produce=False``, consume only."""
     import faust
 
-    from processor.runtime.worker import FAUST_SETTINGS, faust_credentials
+    from processor.kafka.faust_app import FAUST_SETTINGS, faust_credentials
 
     # The worker's Faust settings (session timeout, commit interval, raw serializers): only the loop differs.
     # It lingers 5 ms as (a) and our pipeline's producer do. Faust's default, 0, sent each output as a

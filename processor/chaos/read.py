@@ -18,7 +18,7 @@ import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from processor.errors import DependencyUnavailable
-from processor.runtime.pipeline import InRecord
+from processor.runtime.records import InRecord
 
 
 class TopicReader:

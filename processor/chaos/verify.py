@@ -25,7 +25,7 @@ import orjson
 from processor.chaos.read import Ledger
 from processor.chaos.workload import INPUT_HEADER, PROCESS, Input
 from processor.runtime import headers as h
-from processor.runtime.pipeline import InRecord
+from processor.runtime.records import InRecord
 from processor.topology.topology import HandlerSpec
 
 

@@ -14,7 +14,6 @@ import itertools
 import logging
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -22,30 +21,9 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from processor.config import Settings
 from processor.errors import ConfigError, DependencyUnavailable
+from processor.runtime.records import DeliveryError, OutRecord
 
 log = logging.getLogger(__name__)
-
-Headers = list[tuple[str, bytes]]
-
-
-@dataclass(frozen=True, slots=True)
-class OutRecord:
-    """A record to produce."""
-
-    topic: str
-    value: bytes | None
-    key: bytes | None = None
-    headers: Headers = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryError:
-    """Why the broker refused a record; ``retriable`` errors are worth sending again."""
-
-    message: str
-    retriable: bool
-    too_large: bool = False
-
 
 _rdkafka_log = logging.getLogger("librdkafka")
 # How long the flush thread holds librdkafka in its flushing state per batch handed over, and how often it

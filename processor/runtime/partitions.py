@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from processor.runtime.headers import due_at_ms
-from processor.runtime.pipeline import InRecord
+from processor.runtime.records import InRecord
 
 log = logging.getLogger(__name__)
 TP = TypeVar("TP", bound=Hashable)

@@ -39,7 +39,7 @@ class Retry:
     """A retry policy: fixed ``delays`` per tier, ``jitter`` as a +/- fraction, and what is retryable.
 
     ``retry_on`` lists the exception classes that are retried; a ``ProcessorError`` decides by its own
-    ``retriable`` attribute instead. ``Retry.exponential(...)`` builds the delays from a base, factor and
+    ``retryable`` attribute instead. ``Retry.exponential(...)`` builds the delays from a base, factor and
     cap.
     """
 
@@ -89,5 +89,5 @@ class Retry:
 
     def is_retryable(self, exc: BaseException) -> bool:
         if isinstance(exc, ProcessorError):
-            return exc.retriable
+            return exc.retryable
         return isinstance(exc, self.retry_on)

@@ -15,21 +15,17 @@ import redis.asyncio as aioredis
 
 from processor.dev.servers import free_port, start_redis
 from processor.errors import FatalError
-from processor.kafka.producer import DeliveryError, OutRecord
 from processor.observability.metrics import Metrics
 from processor.runtime import headers as h
 from processor.runtime import redis_client
 from processor.runtime.breaker import Breaker, BreakerConfig, BreakerState
 from processor.runtime.decode import Decoder
 from processor.runtime.dedup import Claim, Dedup
-from processor.runtime.pipeline import (
-    FATAL_ERROR,
-    OUTPUT_REJECTED,
-    RETRIES_EXHAUSTED,
-    InRecord,
-    Pipeline,
-    _encode_outputs,
-)
+from processor.runtime.handling import Handling
+from processor.runtime.pipeline import Pipeline
+from processor.runtime.records import DeliveryError, InRecord, OutRecord, pack_outputs
+from processor.runtime.routing import FATAL_ERROR, OUTPUT_REJECTED, RETRIES_EXHAUSTED
+from processor.runtime.scope import HandlerScope
 from processor.topology.retry import Retry
 from processor.topology.topology import Context, Output, Topology
 from tests.conftest import Backend
@@ -52,10 +48,10 @@ class FakeSink:
         errors: list[DeliveryError | None] = []
         for record in records:
             if record.topic in self.refuse:
-                errors.append(DeliveryError(self.refuse[record.topic], retriable=False))
+                errors.append(DeliveryError(self.refuse[record.topic], retryable=False))
             elif self.transient.get(record.topic, 0) > 0:
                 self.transient[record.topic] -= 1
-                errors.append(DeliveryError("leader not available", retriable=True))
+                errors.append(DeliveryError("leader not available", retryable=True))
             else:
                 self.sent.append(record)
                 errors.append(None)
@@ -77,11 +73,11 @@ class Harness:
     dependency_events: list[tuple[str, bool]] = field(default_factory=list)
 
     def count(self, outcome: str) -> float:
-        labels = {"topology": self.pipeline.topology, "handler": "handle", "outcome": outcome}
+        labels = {"topology": self.pipeline.scope.topology, "handler": "handle", "outcome": outcome}
         return self.metrics.registry.get_sample_value("processor_events_total", labels) or 0.0
 
     def dead_letters(self, reason: str) -> float:
-        labels = {"topology": self.pipeline.topology, "handler": "handle", "reason": reason}
+        labels = {"topology": self.pipeline.scope.topology, "handler": "handle", "reason": reason}
         return self.metrics.registry.get_sample_value("processor_dead_letters_total", labels) or 0.0
 
     async def state(self, event_id: str) -> bytes | None:
@@ -125,9 +121,10 @@ async def harness(
     calls: list[str] = []
     sink = sink or FakeSink()
     events: list[tuple[str, bool]] = []
+    scope = HandlerScope(unique, spec, group, metrics, clock=lambda: NOW)
     pipeline = Pipeline(
-        unique, spec, group=group, decoder=Decoder(None, "event_id", 1_000_000), dedup=dedup, sink=sink,
-        metrics=metrics, dependencies={"calls": calls, **(dependencies or {})}, clock=lambda: NOW,
+        scope, decoder=Decoder(None, "event_id", 1_000_000), dedup=dedup, sink=sink,
+        handling=Handling(scope, dependencies={"calls": calls, **(dependencies or {})}),
         on_dependency=lambda name, up: events.append((name, up)),
     )
     try:
@@ -381,7 +378,7 @@ async def test_stored_result_is_produced_without_running_the_handler(backend: Ba
         (claim,) = await crashed.claim(["e1"], token)
         assert claim.status is Claim.CLAIMED
         stored = OutRecord("out", b'{"id": "e1", "from": "crashed"}', b"key-1", [(h.EVENT_ID, b"e1")])
-        await crashed.store_results([("e1", _encode_outputs([stored]))], token)
+        await crashed.store_results([("e1", pack_outputs([stored]))], token)
         assert (await hx.state("e1") or b"").startswith(b"r|")
 
         async def lease_expired() -> None:
@@ -493,12 +490,12 @@ async def test_a_fatal_error_in_a_half_open_probe_frees_its_probe_slot(backend: 
     client = aioredis.Redis.from_url(backend.redis_url)
     calls: list[str] = []
     sink = FakeSink()
+    scope = HandlerScope(unique, topology.get("handle"), topology.group("handle"), Metrics(), clock=lambda: NOW)
+    handling = Handling(scope, breaker=breaker, partitions=Partitions(), dependencies={"calls": calls})
     pipeline = Pipeline(
-        unique, topology.get("handle"), group=topology.group("handle"),
-        decoder=Decoder(None, "event_id", 1_000_000),
+        scope, decoder=Decoder(None, "event_id", 1_000_000),
         dedup=Dedup(client, group=topology.group("handle"), owner="w", lease_seconds=30, ttl_seconds=3600),
-        sink=sink, metrics=Metrics(), breaker=breaker, partitions=Partitions(), dependencies={"calls": calls},
-        clock=lambda: NOW,
+        sink=sink, handling=handling,
     )
     try:
         # The first probe hits a bad event (FatalError: nothing to do with the dependency); the second event

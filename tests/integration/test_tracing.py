@@ -14,12 +14,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from processor.kafka.producer import DeliveryError, OutRecord
 from processor.observability.metrics import Metrics
 from processor.observability.tracing import Tracing
 from processor.runtime.decode import Decoder
 from processor.runtime.dedup import Dedup
-from processor.runtime.pipeline import InRecord, Pipeline
+from processor.runtime.pipeline import Pipeline
+from processor.runtime.records import DeliveryError, InRecord, OutRecord
+from processor.runtime.scope import HandlerScope
 from processor.topology.retry import Retry
 from processor.topology.topology import Context, Output, Topology
 from tests.conftest import Backend
@@ -42,9 +43,9 @@ def pipeline_of(topology: Topology, client: aioredis.Redis, tracing: Tracing, si
     spec = topology.handlers[0]
     group = topology.group(spec.name)
     return Pipeline(
-        topology.name, spec, group=group, decoder=Decoder(None, "event_id", 10_000),
-        dedup=Dedup(client, group=group, owner="t", lease_seconds=5, ttl_seconds=60),
-        sink=sink or Sink(), metrics=metrics or Metrics(), tracing=tracing,
+        HandlerScope(topology.name, spec, group, metrics or Metrics(), tracing),
+        decoder=Decoder(None, "event_id", 10_000),
+        dedup=Dedup(client, group=group, owner="t", lease_seconds=5, ttl_seconds=60), sink=sink or Sink(),
     )
 
 

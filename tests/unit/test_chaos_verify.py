@@ -14,7 +14,7 @@ from processor.chaos.verify import Unit, account, account_effects, recovery_seco
 from processor.chaos.workload import INPUT_HEADER, PROCESS, Input
 from processor.observability.scrape import Scrape
 from processor.runtime import headers as h
-from processor.runtime.pipeline import InRecord
+from processor.runtime.records import InRecord
 from processor.topology.topology import load_topology
 
 RUN = "run1"

@@ -50,7 +50,7 @@ def test_invalid_json(decoder: Decoder) -> None:
     err = reason_of(decoder, b'{"event_id": ')
     assert err.reason == INVALID_JSON
     assert isinstance(err, FatalError)
-    assert not err.retriable
+    assert not err.retryable
 
 
 def test_no_value_is_invalid_json(decoder: Decoder) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 from processor.runtime import headers as h
 from processor.runtime.partitions import PartitionQueues
-from processor.runtime.pipeline import InRecord
+from processor.runtime.records import InRecord
 
 
 class FakeClock:

@@ -110,7 +110,7 @@ def test_default_policy_retries_plain_exceptions() -> None:
     assert retry.is_retryable(TimeoutError())
 
 
-def test_processor_errors_decide_by_their_retriable_flag() -> None:
+def test_processor_errors_decide_by_their_retryable_flag() -> None:
     retry = Retry()
     assert retry.is_retryable(RetryableError("x"))
     assert retry.is_retryable(DependencyUnavailable("x"))
@@ -125,9 +125,9 @@ def test_custom_retry_on_limits_plain_exceptions_but_not_processor_errors() -> N
     assert retry.is_retryable(ConnectionResetError())  # a subclass
     assert not retry.is_retryable(ValueError("x"))
     assert not retry.is_retryable(KeyError("x"))
-    assert retry.is_retryable(RetryableError("x"))  # not in retry_on, but retriable by itself
+    assert retry.is_retryable(RetryableError("x"))  # not in retry_on, but retryable by itself
 
 
-def test_retry_on_naming_a_fatal_error_does_not_make_it_retriable() -> None:
+def test_retry_on_naming_a_fatal_error_does_not_make_it_retryable() -> None:
     retry = Retry(retry_on=(FatalError,))
     assert not retry.is_retryable(FatalError("x"))
