@@ -3,8 +3,7 @@
 Write a topology module with ``Topology`` and ``@topology.handler``; run it with ``processor worker``.
 """
 
-from processor.config import Secret, Settings, SimulationSettings
-from processor.dev.simulate import DownstreamError, SimulatedService, set_outage
+from processor.config import Secret, Settings
 from processor.errors import (
     ConfigError,
     DependencyUnavailable,
@@ -27,7 +26,6 @@ __all__ = [
     "ConfigError",
     "Context",
     "DependencyUnavailable",
-    "DownstreamError",
     "FatalError",
     "HandlerError",
     "HandlerSpec",
@@ -38,10 +36,7 @@ __all__ = [
     "RetryableError",
     "Secret",
     "Settings",
-    "SimulatedService",
-    "SimulationSettings",
     "StackError",
     "Topology",
     "load_topology",
-    "set_outage",
 ]

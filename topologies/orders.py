@@ -20,7 +20,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from processor import SLO, BreakerConfig, Context, Output, Retry, Settings, SimulatedService, Topology
+from processor import SLO, BreakerConfig, Context, Output, Retry, Settings, Topology
+from processor.dev.simulate import SimulatedService
 
 topology = Topology(
     "orders",

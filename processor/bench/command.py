@@ -42,7 +42,7 @@ SERVER_SETTINGS = ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL")
 T = TypeVar("T")
 
 # (d): what a user turning tracing on would run, with the bench's own collector as the endpoint. A tenth of
-# the traces is a common starting ratio; the cost is about linear in it (README, Performance).
+# the traces is a common starting ratio; the cost is about linear in it (measured: (d) against (c)).
 TRACING_ENV = {
     "OTEL_TRACES_EXPORTER": "otlp",
     "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
@@ -77,7 +77,8 @@ EMBEDDED_FETCH_MAX_WAIT_MS = 20
 
 def tansu_latency_note(fetch_max_wait_ms: int) -> str:
     """Measured on Tansu with a plain consumer: a Fetch that finds no records is answered after half its max
-    wait even when records arrive meanwhile (as it holds JoinGroup for half the session timeout, see README).
+    wait even when records arrive meanwhile (as it holds JoinGroup for half the session timeout:
+    processor.kafka.faust_app).
     Read in its source (tansu-storage, dynostore.rs): every Fetch lists the partition's batches."""
     return (
         "paced runs on the embedded broker: Tansu answers a Fetch that found no records only after half its max "

@@ -2,7 +2,7 @@
 read /proc and the worker's /metrics, and turn it all into a ``Row``.
 
 Completion is measured, never slept for: a reader counts the records on the variant's output topic (by
-consuming it, because the embedded broker's ListOffsets(latest) is not the log end; see the README).
+consuming it, because the embedded broker's ListOffsets(latest) is not the log end when producers batch).
 """
 
 from __future__ import annotations

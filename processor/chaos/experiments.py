@@ -130,7 +130,7 @@ EXPERIMENTS: tuple[Experiment, ...] = (
         checks=(seen("workers reported Redis down", redis_down),),
         notes=(CATCH_UP, "Redis runs with --appendonly yes --appendfsync always here: a restarted Redis without "
                "persistence comes back without the dedup state (and the services' ledgers), which is a "
-               "deployment error the README warns about, not an outage to ride out.",),
+               "deployment error (dedup lasts as long as Redis keeps its done-marks), not an outage to ride out.",),
     ),
     Experiment(
         "redis-pause",

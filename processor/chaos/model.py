@@ -2,10 +2,10 @@
 checks that give the verdict; ``Observed`` is everything a run saw, which the checks read.
 
 The hypothesis every experiment shares (``processor.chaos.run.hypothesis``): every input accounted for
-(processed or dead-lettered) by every handler, no side effect twice, outputs repeated only where the
-README allows it, lag back to 0, the workers' counts agreeing with the verifier, and the right pages (or
-none). An experiment adds the checks that show its fault really happened (a breaker opened, Redis was
-seen down, a third replica got partitions).
+(processed or dead-lettered) by every handler, no side effect twice, outputs repeated only in the
+crash windows processor.runtime.dedup names, lag back to 0, the workers' counts agreeing with the
+verifier, and the right pages (or none). An experiment adds the checks that show its fault really
+happened (a breaker opened, Redis was seen down, a third replica got partitions).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class Experiment:
     hypothesis: str  # what should hold, in words
     fault: Fault
     # Every downstream call takes 5 ms (PROCESSOR_SIM_LATENCY_MS), as a real one takes some: so a crash
-    # finds handlers mid-call, and the crash window of the README is really exercised.
+    # finds handlers mid-call, and the crash windows of processor.runtime.dedup are really exercised.
     worker_env: Mapping[str, str] = field(default_factory=lambda: {"PROCESSOR_SIM_LATENCY_MS": "5"})
     events: int = 1500
     duration: float = 15.0

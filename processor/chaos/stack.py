@@ -6,8 +6,8 @@ With ``KAFKA_BOOTSTRAP_SERVERS`` and ``REDIS_URL`` set, the experiment runs agai
 docker compose stack of ``docker-compose.kafka.yml``), and broker and Redis faults become
 ``docker compose pause|unpause|stop|start <service>`` calls.
 
-A restarted Redis must come back with the dedup state it had (README, "Delivery guarantee": dedup lasts
-as long as Redis keeps the done-marks), so an experiment that restarts Redis starts it with an
+A restarted Redis must come back with the dedup state it had (processor.runtime.dedup: dedup lasts as long
+as Redis keeps the done-marks), so an experiment that restarts Redis starts it with an
 append-only file fsynced at every write (``--appendonly yes --appendfsync always``): a graceful stop
 loses nothing and the restarted server reloads every claim and done-mark, and the simulated services'
 ledgers with them. Without it a restart is a different experiment (total loss of dedup state).

@@ -4,8 +4,8 @@ topics; side effects from the simulated services' ledgers; and the workers' own 
 The unit of account is the event id for a valid event (copies of it, same partition or not, are one
 unit: dedup must process it once) and the input id for a record without a usable event id (each such
 record must be dead-lettered on its own). Per handler a unit is accounted for by an output or a dead
-letter. More than one is a repeat: allowed only where the README says outputs may repeat (a worker
-killed in the crash window), and then every copy must carry the event id header.
+letter. More than one is a repeat: allowed only where processor.runtime.dedup says outputs may repeat
+(a worker killed in a crash window), and then every copy must carry the event id header.
 
 Side effects: the services keep one ``effects`` entry per idempotency key, so a duplicated effect is an
 entry above 1; ``completed`` counts successful calls, so an entry above 1 is a handler that ran again.

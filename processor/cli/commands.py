@@ -273,11 +273,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    # The bench is imported only when it runs: the command line does not load the lab to start.
     from processor.bench.command import BenchOptions, bench_command
+    from processor.bench.report import ORDER
 
+    only = None
+    if args.only is not None:
+        only = frozenset(k.strip() for k in args.only.split(",") if k.strip())
+        if not only or only - set(ORDER):
+            raise ConfigError(f"bench --only {args.only!r}: choose from {','.join(ORDER)}")
     return bench_command(BenchOptions(
         events=args.events, partitions=args.partitions, payload_bytes=args.payload_bytes, json_path=args.json,
-        latency=args.latency, state_dir=args.state_dir, only=args.only, soak_seconds=args.soak,
+        latency=args.latency, state_dir=args.state_dir, only=only, soak_seconds=args.soak,
         soak_rate=float(args.soak_rate),
     ))
 

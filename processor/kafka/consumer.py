@@ -13,7 +13,7 @@ worker's loop: the worker then has one Python thread doing work, not two taking 
 In a profile at a fixed rate, 14-16% of the worker's samples were socket writes, which take microseconds
 on loopback: most likely the event loop waiting for the GIL back from the consumer thread after each one.
 Measured side by side at fixed rates of 12 000 to 15 000 events/s, p99 end-to-end fell in eight of ten
-pairs (README, Performance). The price: heartbeats now share the loop with the handlers, so a handler that
+pairs (``processor bench --latency``). The price: heartbeats now share the loop with the handlers, so a handler that
 blocks the loop for longer than the session timeout loses the worker its partitions. Such a handler
 already stops everything the worker does on that loop (produces, Redis claims and their leases,
 timeouts), and a member that stays in the group while it processes nothing holds its partitions from the

@@ -89,7 +89,7 @@ class DeliveringProducer:
     def _flush(self) -> None:
         # linger.ms batches records that come one at a time; ours come a batch at a time, and the batch then
         # waits for its acks, so lingering only added linger.ms to every batch (5 ms of its 14 ms processing
-        # p50 at a fixed 15 000 events/s; README, Performance). librdkafka sends what is queued at once while
+        # p50 at a fixed 15 000 events/s, ``processor bench --latency``). librdkafka sends what is queued at once while
         # a flush() lasts. For 1 ms, not until every record is delivered: records queued while it lasts go
         # out as they come, and a flush held until delivery (tried) made the throughput run slower and
         # dearer in CPU per event. Not flush(0) either: it can end before the broker thread wakes to send.

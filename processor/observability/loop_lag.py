@@ -7,7 +7,7 @@ for what runs on them) delays all of them at once: it shows in every latency met
 cause in none. A task that sleeps ``INTERVAL_SECONDS`` and records how much later than asked it woke up
 measures that delay itself: a fraction of a millisecond on a loop with time to spare, the length of the
 block on a blocked one. On the bench machine, in seconds where the end-to-end p99 tripled, the loop woke
-15-36 ms late against 3-11 ms otherwise (README, Performance).
+15-36 ms late against 3-11 ms otherwise (``processor bench --latency`` reports the loop's lag).
 """
 
 from __future__ import annotations

@@ -24,6 +24,13 @@ stored outputs (once the deadline passed) and produces them instead.
 
 Redis being down never makes the worker skip dedup or drop an event: every call waits, with back-off,
 until Redis answers again, and reports the dependency as down meanwhile.
+
+The crash windows, where a crash costs more than a redelivery: a worker killed while its handler runs, or
+in the round trip that stores its outputs, leaves a claim that expires after the lease; then the handler
+runs again (its side effects are once only if the downstream honours ``ctx.idempotency_key``). Outputs
+may be produced twice in the same windows; every copy carries the same event-id header. Dedup lasts as
+long as Redis keeps the done-marks (the TTL, and a Redis that persists them across a restart): a
+duplicate after that is processed again.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ partition with no batch in flight (up to a batch's size from each), partition af
 batch while they fit in it, into the next when they do not, starts those batches, and acks each
 partition's records once its batch is done. A fetch brings records of several partitions at once: when
 they are few, one batch for all of them pays the fixed cost of a batch (a Redis round trip per step, a
-produce and its acks, the tasks and metrics) once rather than once per partition (measured in the README's
-Performance section); with a backlog each partition fills a batch of its own, and those run side by side,
+produce and its acks, the tasks and metrics) once rather than once per partition (measured with ``processor bench``,
+processor.bench); with a backlog each partition fills a batch of its own, and those run side by side,
 one waiting on Redis or the broker while another works. A partition whose batch is in flight waits for it
 while the others go on in the next batch. A record that is not due yet (a retry tier's) holds its
 partition until the due time, while every other partition goes on. Fetching goes on meanwhile (the records

@@ -80,11 +80,7 @@ class HandlerSpec:
     outputs: tuple[str, ...]
     breaker: str | None
     timeout_seconds: float
-    created_at: str | None
     concurrency: int
-
-    def retry_topic(self, tier: int) -> str:
-        return self.retry_topics[tier]
 
     @functools.cached_property
     def retry_topics(self) -> tuple[str, ...]:
@@ -138,7 +134,6 @@ class Topology:
         outputs: Sequence[str] = (),
         breaker: str | None = None,
         timeout_seconds: float = 10.0,
-        created_at: str | None = None,
         concurrency: int = 1,
         name: str | None = None,
     ) -> Callable[[HandlerFunc], HandlerFunc]:
@@ -148,7 +143,7 @@ class Topology:
             spec = HandlerSpec(
                 name=name or func.__name__, func=func, source=source, schema=schema, event_id=event_id,
                 retry=retry or Retry(), outputs=tuple(outputs), breaker=breaker,
-                timeout_seconds=timeout_seconds, created_at=created_at, concurrency=concurrency,
+                timeout_seconds=timeout_seconds, concurrency=concurrency,
             )
             self._check(spec)
             self.handlers.append(spec)

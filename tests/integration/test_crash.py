@@ -1,6 +1,6 @@
 """A worker SIGKILLed in the middle of a stream and restarted: every event is accounted for and no side
-effect happens twice. Handler re-runs are allowed only for the events in flight at the kill (README,
-"Delivery guarantee"); the downstream's idempotency key absorbs them."""
+effect happens twice. Handler re-runs are allowed only for the events in flight at the kill (the crash
+windows of processor.runtime.dedup); the downstream's idempotency key absorbs them."""
 
 from __future__ import annotations
 

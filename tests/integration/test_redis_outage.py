@@ -40,8 +40,8 @@ def dedup_states(url: str, name: str) -> dict[str, int]:
 def test_redis_pause_loses_and_duplicates_nothing(backend: Backend, unique: str, tmp_path: Path) -> None:
     # The worker gets a redis-server of its own, so the test can take it away without touching the session's.
     # It runs without persistence (`--save "" --appendonly no`): a restart would come back empty and the dedup
-    # state with it, which is a deployment error (README, "Delivery guarantee": dedup lasts as long as Redis
-    # keeps the done-marks), not an outage the worker can ride out. So the outage is a SIGSTOP/SIGCONT pause:
+    # state with it, which is a deployment error (processor.runtime.dedup: dedup lasts as long as Redis keeps
+    # the done-marks), not an outage the worker can ride out. So the outage is a SIGSTOP/SIGCONT pause:
     # connections hang, nothing answers, and no state is lost.
     server: ServerProcess = start_redis(free_port(), tmp_path / "own-redis.log", tmp_path / "own-redis")
     paused = False

@@ -27,7 +27,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from processor import BreakerConfig, Context, Output, Retry, RetryableError, Settings, SimulatedService, Topology
+from processor import BreakerConfig, Context, Output, Retry, RetryableError, Settings, Topology
+from processor.dev.simulate import SimulatedService
 
 NAME = os.environ["TESTBED_NAME"]
 HANDLERS = [h for h in os.environ.get("TESTBED_HANDLERS", "a").split(",") if h]
