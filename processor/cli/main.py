@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         "if installed. Prints events/s, p50/p99 processing and end-to-end times, peak RSS, CPU per 1k events "
         "and the ratios c/a, c/b, c/b0, c/e. Starts an embedded broker and Redis for whichever of "
         "KAFKA_BOOTSTRAP_SERVERS and REDIS_URL is not set. "
-        "A variant with no new output for 30 s stops with what it saw. "
+        "A variant with no first output 120 s after its start, or no new output for 30 s, stops with what it saw. "
         "Exit 1 only when one of our own variants (c, d, the paced runs) falls short; a baseline that falls "
         "short is reported in the table and the JSON.",
     )
