@@ -5,9 +5,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the tests and the demo need: command -> package.
-SYSTEM_DEPS := redis-server:redis-server kcat:kcat promtool:prometheus
+SYSTEM_DEPS := redis-server:redis-server kcat:kcat promtool:prometheus java:openjdk-17-jre-headless mvn:maven
+# Apache Kafka's jars, from Maven Central by the coordinates in the pom, cached outside the repo (shared by
+# every clone on the machine); processor/dev/kraft.py starts brokers from them with `java -cp`.
+KAFKA_POM := processor/dev/kafka.pom.xml
+KAFKA_VERSION := $(shell sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' $(KAFKA_POM))
+KAFKA_CACHE := $(HOME)/.cache/processor/kafka-$(KAFKA_VERSION)
+KAFKA_STAMP := $(KAFKA_CACHE)/.complete
+export PROCESSOR_KAFKA_LIBS := $(KAFKA_CACHE)/libs
 
-.PHONY: demo test chaos lint typecheck unit system-deps clean
+.PHONY: demo test chaos lint typecheck unit system-deps kafka clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +43,16 @@ system-deps:
 	  fi; \
 	fi
 
+kafka: $(KAFKA_STAMP)
+
+# Into a partial directory first, so an interrupted download is never taken for a complete one.
+$(KAFKA_STAMP): $(KAFKA_POM) | system-deps
+	rm -rf $(KAFKA_CACHE)/libs.partial
+	mvn -q -B -f $(KAFKA_POM) org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
+	  -DincludeScope=runtime -DoutputDirectory=$(KAFKA_CACHE)/libs.partial
+	rm -rf $(KAFKA_CACHE)/libs && mv $(KAFKA_CACHE)/libs.partial $(KAFKA_CACHE)/libs
+	touch $@
+
 # Brings up the embedded broker and Redis, runs the demo, and brings them down even when the demo fails.
 demo: $(STAMP) system-deps $(BIN)/kcat
 	@set -e; state=.processor/make-demo; \
@@ -52,13 +69,15 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-# The whole suite; the tests start (and stop) the broker and Redis they need themselves. Three pytest
-# processes (each with its own embedded broker and Redis): the integration tests mostly wait on workers.
-test: $(STAMP) system-deps $(BIN)/kcat lint typecheck
-	$(BIN)/pytest -q -n 3
+# The whole suite on Apache Kafka: the session starts one 3-broker KRaft cluster (replication factor 3,
+# min.insync.replicas 2) and one Redis, shared by three pytest processes (the integration tests mostly
+# wait on workers). PROCESSOR_TEST_BACKEND=tansu runs it on the embedded broker instead.
+test: $(STAMP) system-deps $(BIN)/kcat $(KAFKA_STAMP) lint typecheck
+	$(BIN)/pytest -q -n 3 --dist loadgroup
 
-# Every chaos experiment, each on a broker and Redis of its own (~16 min); prints the table, writes the report.
-chaos: $(STAMP) system-deps
+# Every chaos experiment, each on a 3-broker Kafka cluster and a Redis of its own; prints the table,
+# writes the report.
+chaos: $(STAMP) system-deps $(KAFKA_STAMP)
 	$(BIN)/processor chaos run all --report .processor/chaos/report.md
 
 clean:

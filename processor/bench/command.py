@@ -12,7 +12,9 @@ writing to its own output topic:
     (e)  Quix Streams pass-through, when ``quixstreams`` is importable (never installed by the bench)
 
 Each is timed from its first consumed record to its N-th output, counted on its output topic. Without
-``KAFKA_BOOTSTRAP_SERVERS`` and ``REDIS_URL`` the bench starts an embedded broker and Redis of its own.
+``KAFKA_BOOTSTRAP_SERVERS`` and ``REDIS_URL`` the bench starts a broker and Redis of its own: one Apache
+Kafka node (``--broker kafka``, the default), Tansu (``tansu``), or both in turn (``both``: every variant on
+each, and the ratio of each variant's rate on Kafka to its rate on Tansu).
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from processor.bench.loops import CONFLUENT, FAUST, FAUST_CONSUME, QUIX
 from processor.bench.otlp import otlp_collector
 from processor.bench.run import Launch, Run, VariantFailed, fill, measure
 from processor.config import Settings
-from processor.dev.servers import embedded_stack
+from processor.dev.devstack import BrokerKind, DevStack, scratch_stack
+from processor.errors import ConfigError
 from processor.kafka.producer import ensure_topics
 
 SERVER_SETTINGS = ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL")
@@ -114,6 +117,7 @@ class BenchOptions:
     # The embedded broker keeps every record in memory and slows down as its topics grow (its CPU reached
     # 120% late in 10-minute soaks): 2000/s for 10 minutes is what it carried here.
     soak_rate: float = 2000.0
+    broker: str = "kafka"  # kafka, tansu or both: the bench's own broker when KAFKA_BOOTSTRAP_SERVERS is unset
 
     @property
     def timeout_seconds(self) -> float:
@@ -269,19 +273,42 @@ def shortfalls(report: br.Report, options: BenchOptions) -> list[Shortfall]:
     return out
 
 
-def paced_fetch_wait(environ: Mapping[str, str], embedded: Sequence[str]) -> int | None:
-    """The latency and retry-path runs' fetch wait: EMBEDDED_FETCH_MAX_WAIT_MS on the bench's own broker
-    unless ``environ`` sets one; None (the settings') otherwise."""
-    if "KAFKA_BOOTSTRAP_SERVERS" in embedded and not environ.get("KAFKA_FETCH_MAX_WAIT_MS"):
+def paced_fetch_wait(environ: Mapping[str, str], stack: DevStack | None) -> int | None:
+    """The latency and retry-path runs' fetch wait: EMBEDDED_FETCH_MAX_WAIT_MS on the bench's own Tansu
+    unless ``environ`` sets one; None (the settings') otherwise. Real Kafka answers a Fetch as soon as
+    records arrive, so it needs no such setting."""
+    if stack is not None and stack.broker == "tansu" and not environ.get("KAFKA_FETCH_MAX_WAIT_MS"):
         return EMBEDDED_FETCH_MAX_WAIT_MS
     return None
 
 
-def describe_backend(settings: Settings, embedded: Sequence[str]) -> str:
+def describe_backend(settings: Settings, embedded: Sequence[str], stack: DevStack | None = None) -> str:
     """Where the run's servers are, for the report (never the Redis URL: it may hold a password)."""
-    kafka = "embedded Tansu" if "KAFKA_BOOTSTRAP_SERVERS" in embedded else f"Kafka {settings.kafka_bootstrap_servers}"
+    if "KAFKA_BOOTSTRAP_SERVERS" not in embedded:
+        kafka = f"Kafka {settings.kafka_bootstrap_servers}"
+    elif stack is None or stack.broker == "tansu":
+        kafka = "embedded Tansu"
+    else:
+        kafka = f"own {stack.describe()}"
     redis = "embedded redis-server" if "REDIS_URL" in embedded else "Redis from REDIS_URL"
     return f"{kafka}, {redis}"
+
+
+def brokers_to_run(options: BenchOptions) -> tuple[BrokerKind, ...]:
+    if options.broker == "both":
+        return ("kafka", "tansu")
+    if options.broker in ("kafka", "tansu"):
+        return (options.broker,)  # type: ignore[return-value]
+    raise ConfigError(f"bench --broker {options.broker}: choose kafka, tansu or both")
+
+
+def side_by_side(kafka: br.Report, tansu: br.Report) -> str:
+    """One line: each variant's events/s on Kafka over its events/s on Tansu, in the same invocation."""
+    cells = []
+    for key, _label in VARIANTS:
+        value = br.ratio(kafka.rate(key), tansu.rate(key))
+        cells.append(f"({key}) {'n/a' if value is None else f'{value:.2f}x'}")
+    return "events/s on Apache Kafka over events/s on Tansu, same invocation: " + ", ".join(cells)
 
 
 def bench_command(options: BenchOptions, environ: Mapping[str, str] | None = None) -> int:
@@ -293,25 +320,41 @@ def bench_command(options: BenchOptions, environ: Mapping[str, str] | None = Non
     def progress(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
+    reports: list[br.Report] = []
     if not missing:
         settings = Settings.load(env)
-        report = run_bench(settings, options, describe_backend(settings, missing), progress)
+        reports.append(run_bench(settings, options, describe_backend(settings, missing), progress))
     else:
-        with embedded_stack(options.state_dir / "bench-stack") as (kafka, redis_server):
-            embedded = {"KAFKA_BOOTSTRAP_SERVERS": kafka.address, "REDIS_URL": f"redis://{redis_server.address}/0"}
-            settings = Settings.load(env, overrides={name: embedded[name] for name in missing})
-            wait = paced_fetch_wait(env, missing)
-            own_broker = "KAFKA_BOOTSTRAP_SERVERS" in missing
-            report = run_bench(settings, options, describe_backend(settings, missing), progress, wait,
-                               kafka.pid if own_broker else None,
-                               redis_server.pid if "REDIS_URL" in missing else None)
-            if options.latency and own_broker:
-                note = tansu_latency_note(wait or settings.kafka_fetch_max_wait_ms)
-                report = dataclasses.replace(report, notes=(*report.notes, note))
-    print(br.render_table(report))
+        for broker in brokers_to_run(options) if "KAFKA_BOOTSTRAP_SERVERS" in missing else ("tansu",):
+            reports.append(_run_on_own_servers(options, env, missing, broker, progress))
+    for report in reports:
+        print(br.render_table(report))
+    if len(reports) == 2:
+        print(side_by_side(*reports))
     if options.json_path is not None:
-        options.json_path.write_bytes(orjson.dumps(report.as_json(), option=orjson.OPT_INDENT_2) + b"\n")
-    missed = shortfalls(report, options)
+        doc = reports[0].as_json() if len(reports) == 1 else {"runs": [r.as_json() for r in reports]}
+        options.json_path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+    missed = [shortfall for report in reports for shortfall in shortfalls(report, options)]
     for shortfall in missed:
         print(shortfall.line(), file=sys.stderr)
     return 1 if any(m.ours for m in missed) else 0
+
+
+def _run_on_own_servers(
+    options: BenchOptions, env: Mapping[str, str], missing: Sequence[str], broker: BrokerKind,
+    progress: Callable[[str], None],
+) -> br.Report:
+    # One Kafka node: the bench measures the pipeline, not replication; and the JVM a production broker
+    # runs (C2, G1), since the broker's speed is part of what every variant's rate includes.
+    with scratch_stack(options.state_dir / f"bench-{broker}", broker, throughput=True) as stack:
+        own = stack.env()
+        settings = Settings.load(env, overrides={name: own[name] for name in missing})
+        own_broker = "KAFKA_BOOTSTRAP_SERVERS" in missing
+        wait = paced_fetch_wait(env, stack if own_broker else None)
+        report = run_bench(settings, options, describe_backend(settings, missing, stack), progress, wait,
+                           stack.kafka[0].pid if own_broker else None,
+                           stack.redis.pid if "REDIS_URL" in missing else None)
+    if options.latency and own_broker and broker == "tansu":
+        note = tansu_latency_note(wait or settings.kafka_fetch_max_wait_ms)
+        report = dataclasses.replace(report, notes=(*report.notes, note))
+    return report

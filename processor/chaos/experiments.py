@@ -1,8 +1,8 @@
 """Chaos experiments: the experiments. Each is a few lines: a hypothesis in words, a fault, a workload, the
 pages it should raise (or none), and the checks that show its fault really happened.
 
-Sizes and times are chosen for the embedded stack: a three-handler worker takes ~20 s to join its groups,
-a crashed replica's in-flight claims wait out the 10 s claim lease, and the slowest retry tier of
+Sizes and times are chosen for a 3-node Kafka cluster on two cores: a three-handler worker takes ~20 s to
+join its groups, a crashed replica's in-flight claims wait out the 10 s claim lease, and the slowest retry tier of
 ``topologies.orders`` is 30 s. ``quick`` marks the bounded subset ``make test`` runs.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from processor.chaos.broker_faults import KillBroker, PauseBroker, RestartBroker, RollingBrokerRestart
 from processor.chaos.faults import (
     DependencyOutage,
     KillReplica,
@@ -28,6 +29,11 @@ from processor.observability.scrape import Scrape
 LAG_STOP = "ProcessorConsumerLagStop"
 LAG_BURN = "ProcessorLagBudgetBurn"
 LATENCY_BURN = "ProcessorLatencyBudgetBurn"
+FAILOVER = (
+    "ProcessorLatencyBudgetBurn is tolerated here: produce requests to a partition whose leader is gone wait "
+    "for the new leader's election (and acks=all for the in-sync replicas), so the batches in flight then "
+    "take seconds, past the 500 ms objective; with the SLO windows shrunk to minutes that burst pages."
+)
 CATCH_UP = (
     "ProcessorLatencyBudgetBurn is tolerated here: events in flight during the outage count it in their "
     "processing time, and the backlog is then processed in batches of up to 500 whose events each count the "
@@ -142,8 +148,46 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     ),
     Experiment(
         "broker-pause",
-        "the broker frozen (SIGSTOP) for 8 s: producers and consumers wait and resume; no page",
+        "every broker frozen (SIGSTOP) for 8 s: producers and consumers wait and resume; no page",
         Pause(service="kafka", at=5.0, seconds=8.0),
+    ),
+    Experiment(
+        "broker-leader-kill",
+        "the broker leading the source's partition 0 is SIGKILLed under load and started again 10 s later: "
+        "leadership moves to an in-sync replica, producers and consumers follow it; nothing acknowledged is "
+        "lost, no side effect happens twice; no page but the failover's latency burn",
+        KillBroker(target="leader", at=5.0, restart_after=10.0), events=2000, duration=25.0, time_limit=360.0,
+        may_page=frozenset({LATENCY_BURN}), notes=(FAILOVER,),
+    ),
+    Experiment(
+        "broker-restart",
+        "the source partition's leader stopped (controlled shutdown) and started 10 s later on its durable "
+        "log: it catches up from its own log and rejoins the in-sync set; nothing lost or repeated",
+        RestartBroker(at=5.0, down=10.0), events=2000, duration=25.0, time_limit=360.0,
+        may_page=frozenset({LATENCY_BURN}), notes=(FAILOVER,),
+    ),
+    Experiment(
+        "broker-rolling-restart",
+        "every broker restarted in turn (controlled shutdown, start, back in sync, next), as an upgrade does: "
+        "the cluster keeps taking writes throughout; nothing lost or repeated",
+        RollingBrokerRestart(at=3.0), events=4000, duration=80.0, time_limit=480.0,
+        may_page=frozenset({LATENCY_BURN}), notes=(FAILOVER,),
+    ),
+    Experiment(
+        "broker-leader-pause",
+        "the source partition's leader frozen (SIGSTOP) for 15 s, past the 9 s broker session timeout: the "
+        "controller fences it and moves its leaderships; on SIGCONT it rejoins as a follower; nothing lost "
+        "or repeated",
+        PauseBroker(at=5.0, seconds=15.0), events=2000, duration=25.0, time_limit=360.0,
+        may_page=frozenset({LATENCY_BURN}), notes=(FAILOVER,),
+    ),
+    Experiment(
+        "controller-failover",
+        "the active KRaft controller is SIGKILLed under load: the other two voters elect a new one, metadata "
+        "and group coordination carry on, and the old controller rejoins as a follower; nothing lost or "
+        "repeated",
+        KillBroker(target="controller", at=5.0, restart_after=10.0), events=2000, duration=25.0,
+        time_limit=360.0, may_page=frozenset({LATENCY_BURN}), notes=(FAILOVER,),
     ),
     Experiment(
         "dependency-outage",

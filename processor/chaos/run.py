@@ -19,10 +19,11 @@ from processor.chaos.judge import Outcome, failed, judge
 from processor.chaos.model import Experiment, Observed
 from processor.chaos.read import Ledger, TopicReader, read_ledgers
 from processor.chaos.record import Recorder, Timeline
-from processor.chaos.stack import Stack, external_endpoints
+from processor.chaos.stack import Endpoints, Stack, external_endpoints
 from processor.chaos.verify import Unit, account, account_effects, units_of
 from processor.chaos.workload import Input, Workload, WorkloadSpec, build_inputs
 from processor.config import Settings
+from processor.dev.devstack import BrokerKind
 from processor.errors import StackError
 from processor.kafka.lag import read_lag
 from processor.kafka.producer import client_config, ensure_topics
@@ -43,6 +44,11 @@ class RunOptions:
     duration: float | None = None
     report_dir: Path = Path(".processor/chaos")
     cwd: Path = field(default_factory=Path.cwd)
+    broker: BrokerKind = "kafka"  # of each experiment's own stack
+    brokers: int = 3
+    # Servers to run against instead of a stack of the experiment's own (default: the environment's, if
+    # KAFKA_BOOTSTRAP_SERVERS and REDIS_URL are both set).
+    external: Endpoints | None = None
 
 
 def run_experiment(exp: Experiment, options: RunOptions) -> Outcome:
@@ -78,7 +84,10 @@ def _execute(exp: Experiment, options: RunOptions, topology: Topology, run_id: s
     source = topology.handlers[0].source
     spec = WorkloadSpec(options.events or exp.events, options.duration or exp.duration, exp.duplicates, exp.poison,
                         exp.oversized)
-    with Stack(workdir, persistent_redis=exp.persistent_redis, external=external_endpoints()) as stack:
+    external = options.external or external_endpoints()
+    with Stack(workdir, persistent_redis=exp.persistent_redis, external=external, broker=options.broker,
+               brokers=options.brokers) as stack:
+        timeline.note(f"stack: {stack.describe()}")
         endpoints = stack.endpoints
         settings = Settings.load(overrides=endpoints.env())
         ensure_topics(settings, topology.topics(), topology.partitions or settings.topic_partitions,

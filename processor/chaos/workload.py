@@ -137,7 +137,7 @@ class Workload:
         # Big enough for an oversized record: the worker, not the producer, must refuse it.
         self._producer = Producer({**config, "enable.idempotence": True, "linger.ms": 5,
                                    "message.max.bytes": 4_000_000, "message.timeout.ms": 120_000})
-        self._topic = topic
+        self.topic = topic
         self._inputs = list(inputs)
         self._duration = duration_seconds
         self.production = Production()
@@ -187,7 +187,7 @@ class Workload:
             while True:
                 try:
                     self._producer.produce(
-                        self._topic, value=record.value, key=record.key,
+                        self.topic, value=record.value, key=record.key,
                         headers=cast(Any, [(INPUT_HEADER, record.input_id.encode())]),
                         on_delivery=self._reporter(record.input_id), **extra,
                     )

@@ -53,13 +53,13 @@ def _import_path() -> None:
 def cmd_dev_up(args: argparse.Namespace) -> int:
     from processor.dev import devstack
 
-    stack, started = devstack.up(args.state_dir, args.kafka_port, args.redis_port)
+    stack, started = devstack.up(args.state_dir, args.kafka_port, args.redis_port, args.broker, args.brokers)
     if started:
-        print(f"started kafka (tansu) on {stack.kafka.address} and redis on {stack.redis.address}; "
+        print(f"started {stack.describe()} on {stack.bootstrap_servers} and redis on {stack.redis.address}; "
               f"state in {args.state_dir}", file=sys.stderr)
     else:
-        print(f"already running (kafka {stack.kafka.address}, redis {stack.redis.address}); nothing started",
-              file=sys.stderr)
+        print(f"already running ({stack.describe()} on {stack.bootstrap_servers}, redis {stack.redis.address}); "
+              "nothing started", file=sys.stderr)
     sys.stdout.write(stack.shell_exports())
     return 0
 
@@ -67,11 +67,14 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
 def cmd_dev_down(args: argparse.Namespace) -> int:
     from processor.dev import devstack
 
-    stack = devstack.down(args.state_dir)
+    stack = devstack.down(args.state_dir, purge=args.purge)
     if stack is None:
         print(f"nothing to stop: no stack recorded in {args.state_dir}", file=sys.stderr)
     else:
-        print(f"stopped kafka (pid {stack.kafka.pid}) and redis (pid {stack.redis.pid})", file=sys.stderr)
+        pids = ", ".join(str(server.pid) for server in stack.kafka)
+        print(f"stopped {stack.describe()} (pid {pids}) and redis (pid {stack.redis.pid})", file=sys.stderr)
+    if args.purge:
+        print(f"deleted the Kafka log under {args.state_dir / 'kafka'}", file=sys.stderr)
     return 0
 
 
@@ -82,9 +85,10 @@ def cmd_dev_status(args: argparse.Namespace) -> int:
     if stack is None:
         print(f"not running: no stack recorded in {args.state_dir}")
         return 3
-    for server in (stack.kafka, stack.redis):
+    print(f"broker: {stack.describe()}")
+    for server in (*stack.kafka, stack.redis):
         state = "running" if server.alive() else "STOPPED"
-        print(f"{server.name:<6} {state:<8} {server.address:<16} pid {server.pid}  log {server.log}")
+        print(f"{server.name:<8} {state:<8} {server.address:<16} pid {server.pid}  log {server.log}")
     return 0 if stack.running() else 3
 
 
@@ -260,13 +264,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
                           state_dir=args.state_dir)
     if not args.embedded:
         return run_demo(settings_of(args), options)
-    from processor.dev.servers import embedded_stack
+    from processor.dev.devstack import scratch_stack
 
-    with embedded_stack(args.state_dir / "demo-stack") as (kafka, redis_server):
-        settings = Settings.load(overrides={
-            "KAFKA_BOOTSTRAP_SERVERS": kafka.address, "REDIS_URL": f"redis://{redis_server.address}/0",
-        })
-        return run_demo(settings, options)
+    with scratch_stack(args.state_dir / "demo-stack") as stack:
+        return run_demo(Settings.load(overrides=stack.env()), options)
 
 
 # -- bench -------------------------------------------------------------------------------------------------
@@ -285,7 +286,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_command(BenchOptions(
         events=args.events, partitions=args.partitions, payload_bytes=args.payload_bytes, json_path=args.json,
         latency=args.latency, state_dir=args.state_dir, only=only, soak_seconds=args.soak,
-        soak_rate=float(args.soak_rate),
+        soak_rate=float(args.soak_rate), broker=args.broker,
     ))
 
 
@@ -297,4 +298,4 @@ def cmd_chaos_run(args: argparse.Namespace) -> int:
 
     _import_path()
     return run_command(args.experiment, topology=args.topology, events=args.events, duration=args.duration,
-                       report=args.report, list_only=args.list)
+                       report=args.report, list_only=args.list, broker=args.broker, brokers=args.brokers)

@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    dev = commands.add_parser("dev", help="run the embedded broker (Tansu) and Redis in the background",
+    dev = commands.add_parser("dev", help="run a broker (Tansu or Apache Kafka) and Redis in the background",
                               description="Start, stop or inspect a local broker and Redis for development.")
     dev_commands = dev.add_subparsers(dest="dev_command", required=True, metavar="ACTION")
     state = argparse.ArgumentParser(add_help=False)
@@ -105,17 +105,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where pids, addresses and logs are kept (default: .processor)")
     up = dev_commands.add_parser(
         "up", parents=[state], help="start both servers (a no-op when they already run)",
-        description="Start Tansu and redis-server in the background and wait until both answer. Prints "
+        description="Start a broker (Tansu, or an Apache Kafka KRaft cluster) and redis-server in the "
+        "background and wait until they answer. Prints "
         "`export` lines on stdout, so `eval \"$(processor dev up)\"` configures the shell; messages go to "
         "stderr.",
     )
-    up.add_argument("--kafka-port", type=_port, help="broker port (default: a free port)")
+    up.add_argument("--broker", choices=("tansu", "kafka"), default="tansu",
+                    help="tansu: the embedded dev broker, memory-only (default); kafka: Apache Kafka in KRaft "
+                    "mode, its log kept under the state dir across down and up")
+    up.add_argument("--brokers", type=_positive, default=1,
+                    help="with --broker kafka: cluster size (3 gives replication factor 3, min ISR 2)")
+    up.add_argument("--kafka-port", type=_port, help="Tansu's port (default: a free port)")
     up.add_argument("--redis-port", type=_port, help="Redis port (default: a free port)")
     up.add_argument("--print-env", action="store_true", help="accepted for clarity: the exports are always printed")
     up.set_defaults(func=cmd_dev_up)
-    dev_commands.add_parser("down", parents=[state], help="stop what `dev up` started, nothing else",
-                            description="Stop the servers recorded by `processor dev up`.").set_defaults(
-        func=cmd_dev_down)
+    down = dev_commands.add_parser("down", parents=[state], help="stop what `dev up` started, nothing else",
+                                   description="Stop the servers recorded by `processor dev up`.")
+    down.add_argument("--purge", action="store_true", help="also delete the Kafka cluster's log on disk")
+    down.set_defaults(func=cmd_dev_down)
     dev_commands.add_parser("status", parents=[state], help="show whether the servers run (exit 3 if not)",
                             description="Show the recorded servers, their addresses and state.").set_defaults(
         func=cmd_dev_status)
@@ -275,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--soak-rate", type=_positive, default=2000,
                        help="events/s of the soak (default 2000: the embedded broker keeps every record in memory "
                        "and slows down as its topics grow)")
+    bench.add_argument("--broker", choices=("kafka", "tansu", "both"), default="kafka",
+                       help="the bench's own broker when KAFKA_BOOTSTRAP_SERVERS is unset: one Apache Kafka node "
+                       "(default), Tansu, or both in turn, with each variant's Kafka/Tansu ratio")
     bench.add_argument("--state-dir", type=Path, default=Path(".processor"),
                        help="where logs and the embedded servers' files go (default: .processor)")
     bench.set_defaults(func=cmd_bench)
@@ -285,11 +295,16 @@ def build_parser() -> argparse.ArgumentParser:
     chaos_run = chaos_commands.add_parser(
         "run", help="run an experiment, the quick subset or all of them",
         description="Run EXPERIMENT (a name from --list, `quick` for the subset `make test` runs, or `all`), each "
-        "on a broker and Redis of its own (the servers KAFKA_BOOTSTRAP_SERVERS and REDIS_URL name, when both are "
+        "on a broker (by default a 3-node Apache Kafka cluster) and Redis of its own (the servers "
+        "KAFKA_BOOTSTRAP_SERVERS and REDIS_URL name, when both are "
         "set), verify events, side effects, lag, /metrics and alerts, print a table and write a markdown and a "
         "JSON report. Exit 0 only when every experiment passed.",
     )
     chaos_run.add_argument("experiment", nargs="?", default="all", help="an experiment, quick or all (default all)")
+    chaos_run.add_argument("--broker", choices=("kafka", "tansu"), default="kafka",
+                           help="each experiment's own broker: Apache Kafka (default) or Tansu (no broker faults)")
+    chaos_run.add_argument("--brokers", type=_positive, default=3,
+                           help="with --broker kafka: nodes of each experiment's cluster (default 3)")
     chaos_run.add_argument("--topology", default="topologies.orders",
                            help="topology module (default topologies.orders)")
     chaos_run.add_argument("--events", type=_positive, help="events per experiment (default: each experiment's own)")

@@ -1,7 +1,7 @@
-"""The embedded servers: the Tansu broker and a redis-server, started as child processes.
+"""Servers as child processes: the Tansu broker, a redis-server, and (through kraft.py) Apache Kafka.
 
-`processor dev`, the demo, the benchmark and the test fixtures all start their servers here, so there
-is one place that knows how to start, wait for and stop them.
+`processor dev`, the demo, the benchmark, the chaos lab and the test fixtures all start their servers
+here, so there is one place that knows how to start, wait for and stop them.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,9 +42,19 @@ class ServerProcess:
         """True while the pid runs *our* binary (a recycled pid is not ours)."""
         try:
             cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes()
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
         except OSError:
             return False
-        return Path(self.binary).name.encode() in cmdline.split(b"\0")[0]
+        if stat.rpartition(")")[2].split()[0] in ("Z", "X"):
+            return False
+        # Right after fork a JVM's cmdline can read empty for a moment; the pid is still ours then.
+        return not cmdline or Path(self.binary).name.encode() in cmdline.split(b"\0")[0]
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` (SIGSTOP and SIGCONT for a pause) if the process still runs."""
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
 
     def stop(self, timeout_seconds: float = 10.0) -> None:
         """SIGTERM, then SIGKILL if it does not exit in time; a no-op if it is already gone."""
@@ -106,9 +116,8 @@ def redis_binary() -> str:
     return path
 
 
-def _spawn(
-    name: str, argv: list[str], port: int, log: Path, answers: Callable[[str], bool], env: dict[str, str] | None = None
-) -> ServerProcess:
+def spawn(name: str, argv: list[str], port: int, log: Path, env: dict[str, str] | None = None) -> ServerProcess:
+    """Start ``argv`` in a session of its own, output appended to ``log``; does not wait for it."""
     if port_in_use(port):
         raise StackError(f"{name}: port {port} is in use; choose another port or omit it for a free one")
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -117,16 +126,47 @@ def _spawn(
             argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, env=env,
         )
-    server = ServerProcess(name=name, pid=proc.pid, port=port, binary=argv[0], log=str(log))
-    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise StackError(f"{name} exited at start (status {proc.returncode}); see {log}: {_tail(str(log))}")
-        if answers(server.address):
-            return server
-        time.sleep(0.1)
-    server.stop()
-    raise StackError(f"{name} did not answer within {READY_TIMEOUT_SECONDS:.0f}s; see {log}")
+    return ServerProcess(name=name, pid=proc.pid, port=port, binary=argv[0], log=str(log))
+
+
+def wait_ready(
+    servers: Sequence[ServerProcess], answers: Callable[[str], bool], timeout_seconds: float = READY_TIMEOUT_SECONDS
+) -> None:
+    """Wait until every server answers; stops them all and raises if one exits or stays silent."""
+    waiting = list(servers)
+    deadline = time.monotonic() + timeout_seconds
+    while waiting and time.monotonic() < deadline:
+        for server in list(waiting):
+            _reap(server.pid)
+            if not server.alive():
+                stop_all(servers)
+                raise StackError(f"{server.name} exited at start; see {server.log}: {tail(server.log)}")
+            if answers(server.address):
+                waiting.remove(server)
+        if waiting:
+            time.sleep(0.2)
+    if waiting:
+        stop_all(servers)
+        names = ", ".join(f"{s.name} ({s.log})" for s in waiting)
+        raise StackError(f"{names} did not answer within {timeout_seconds:.0f}s: {tail(waiting[0].log)}")
+
+
+def stop_all(servers: Iterable[ServerProcess]) -> None:
+    """SIGTERM them all at once, then wait for each (a cluster shuts down faster together)."""
+    servers = list(servers)
+    for server in servers:
+        server.signal(signal.SIGCONT)  # a paused process cannot act on SIGTERM
+        server.signal(signal.SIGTERM)
+    for server in servers:
+        server.stop()
+
+
+def _spawn(
+    name: str, argv: list[str], port: int, log: Path, answers: Callable[[str], bool], env: dict[str, str] | None = None
+) -> ServerProcess:
+    server = spawn(name, argv, port, log, env)
+    wait_ready([server], answers)
+    return server
 
 
 def start_broker(port: int, log: Path) -> ServerProcess:
@@ -137,7 +177,7 @@ def start_broker(port: int, log: Path) -> ServerProcess:
     return _spawn(
         "kafka",
         [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
-        port, log, _broker_answers, env,
+        port, log, broker_answers, env,
     )
 
 
@@ -152,7 +192,8 @@ def start_redis(port: int, log: Path, workdir: Path) -> ServerProcess:
     )
 
 
-def _tail(path: str, lines: int = 3) -> str:
+def tail(path: str, lines: int = 3) -> str:
+    """The last lines of a log, on one line, for an error message."""
     try:
         text = Path(path).read_text(errors="replace").strip().splitlines()
     except OSError:
@@ -160,7 +201,8 @@ def _tail(path: str, lines: int = 3) -> str:
     return " | ".join(text[-lines:])
 
 
-def _broker_answers(address: str) -> bool:
+def broker_answers(address: str) -> bool:
+    """True when a Kafka broker at ``address`` answers a metadata request."""
     from confluent_kafka.admin import AdminClient
 
     try:
@@ -178,19 +220,3 @@ def _redis_answers(url: str) -> bool:
         return False
     finally:
         client.close()
-
-
-@contextlib.contextmanager
-def embedded_stack(workdir: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    """A broker and a Redis on fresh free ports for the length of a ``with`` block."""
-    broker = start_broker(free_port(), workdir / "kafka.log")
-    try:
-        redis_server = start_redis(free_port(), workdir / "redis.log", workdir / "redis")
-    except BaseException:
-        broker.stop()
-        raise
-    try:
-        yield broker, redis_server
-    finally:
-        redis_server.stop()
-        broker.stop()

@@ -1,10 +1,12 @@
 """The bounded subset of the chaos experiments (``processor chaos run quick``): a downstream slower than the
 latency objective (which must page, then clear), a replica SIGKILLed mid-stream (no page), and poison messages.
-Each runs on a broker and Redis of its own (or the servers KAFKA_BOOTSTRAP_SERVERS/REDIS_URL name), bounds its
-own time and stops every process it started; `make chaos` runs the whole set.
+None of them faults a server, so they run on the suite's backend (by default its 3-broker Kafka cluster,
+replication factor 3); each bounds its own time and stops every process it started. `make chaos` runs the
+whole set, each on a cluster of its own.
 
 One test runs them one after another: they are timing-sensitive (latency SLOs, lag), so under ``pytest -n``
-they share one worker instead of competing with each other for the CPUs."""
+they share one worker instead of competing with each other for the CPUs; and with the demo's test, which
+uses the same topology's topics and groups."""
 
 from __future__ import annotations
 
@@ -15,13 +17,19 @@ import pytest
 from processor.chaos.experiments import by_name
 from processor.chaos.report import table, write_report
 from processor.chaos.run import RunOptions, run_experiment
+from processor.chaos.stack import Endpoints
+from tests.conftest import Backend
 
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.xdist_group("orders")
 @pytest.mark.timeout(sum(e.time_limit for e in by_name("quick")) + 60)
-def test_quick_chaos_experiments(tmp_path: Path) -> None:
-    outcomes = [run_experiment(e, RunOptions(report_dir=tmp_path, cwd=REPO)) for e in by_name("quick")]
+def test_quick_chaos_experiments(tmp_path: Path, backend: Backend) -> None:
+    servers = Endpoints(backend.bootstrap_servers, backend.redis_url, external=True,
+                        replication_factor=backend.replication_factor)
+    options = RunOptions(report_dir=tmp_path, cwd=REPO, external=servers)
+    outcomes = [run_experiment(e, options) for e in by_name("quick")]
     report, _ = write_report(outcomes, tmp_path / "report.md", {"topology": "topologies.orders"})
     failed = [f"{o.experiment}: {c.name}: {c.detail}" for o in outcomes for c in o.checks if not c.ok]
     assert all(o.passed for o in outcomes), f"{table(outcomes)}\n" + "\n".join(failed) + f"\nreport: {report}"

@@ -18,6 +18,7 @@ from processor.bench import report as br
 from processor.bench.command import (
     EMBEDDED_FETCH_MAX_WAIT_MS,
     BenchOptions,
+    brokers_to_run,
     describe_backend,
     missing_servers,
     paced_fetch_wait,
@@ -45,6 +46,10 @@ from processor.bench.proc import (
 )
 from processor.bench.run import Run, child_env, event_value
 from processor.config import Settings
+from processor.dev.devstack import BrokerKind, DevStack
+from processor.dev.kraft import KAFKA_VERSION
+from processor.dev.servers import ServerProcess
+from processor.errors import ConfigError
 from processor.runtime.decode import Decoder, compile_schema
 from processor.topology.topology import Context, Output
 
@@ -505,11 +510,18 @@ def test_the_embedded_stack_stands_in_for_unset_servers() -> None:
 EMBEDDED = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "REDIS_URL": "redis://127.0.0.1:2/0"}
 
 
-def test_on_its_own_broker_the_bench_shortens_the_paced_runs_fetch_wait_unless_one_is_set() -> None:
-    both = ["KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"]
-    assert paced_fetch_wait({}, both) == EMBEDDED_FETCH_MAX_WAIT_MS
-    assert paced_fetch_wait({"KAFKA_FETCH_MAX_WAIT_MS": "50"}, both) is None
-    assert paced_fetch_wait({}, ["REDIS_URL"]) is None  # a broker of the user's: the worker's own setting
+def _stack(broker: BrokerKind, nodes: int = 1) -> DevStack:
+    def server(name: str, port: int) -> ServerProcess:
+        return ServerProcess(name=name, pid=1, port=port, binary="x", log="x.log")
+
+    return DevStack(broker, tuple(server(f"kafka-{i}", 9000 + i) for i in range(nodes)), server("redis", 6379))
+
+
+def test_on_its_own_tansu_the_bench_shortens_the_paced_runs_fetch_wait_unless_one_is_set() -> None:
+    assert paced_fetch_wait({}, _stack("tansu")) == EMBEDDED_FETCH_MAX_WAIT_MS
+    assert paced_fetch_wait({"KAFKA_FETCH_MAX_WAIT_MS": "50"}, _stack("tansu")) is None
+    assert paced_fetch_wait({}, _stack("kafka")) is None  # real Kafka answers a fetch when records arrive
+    assert paced_fetch_wait({}, None) is None  # a broker of the user's: the worker's own setting
     settings = Settings.load({}, overrides=EMBEDDED)
     run = Run(settings=settings, run_id="r", source="s", events=1, partitions=1, input_timestamps=[0],
               timeout_seconds=1.0)
@@ -534,3 +546,13 @@ def test_the_backend_description_never_shows_the_redis_url() -> None:
     assert "hunter2" not in describe_backend(settings, ["KAFKA_BOOTSTRAP_SERVERS"])
     assert describe_backend(settings, ["KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"]) == (
         "embedded Tansu, embedded redis-server")
+    own = ["KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"]
+    assert describe_backend(settings, own, _stack("kafka")) == (
+        f"own apache kafka {KAFKA_VERSION} (KRaft, 1 broker), embedded redis-server")
+
+
+def test_both_brokers_run_kafka_then_tansu_and_a_bad_choice_says_what_to_pick() -> None:
+    assert brokers_to_run(BenchOptions(broker="both")) == ("kafka", "tansu")
+    assert brokers_to_run(BenchOptions()) == ("kafka",)
+    with pytest.raises(ConfigError, match="choose kafka, tansu or both"):
+        brokers_to_run(BenchOptions(broker="zookeeper"))
