@@ -114,6 +114,21 @@ def _choice(options: tuple[str, ...], *, upper: bool) -> Callable[[str, str], st
     return parse
 
 
+def _instance_id(name: str, raw: str) -> str:
+    # Kafka's own rule for group.instance.id (the broker refuses anything else, much later and less clearly).
+    value = raw.strip()
+    if len(value) > 249 or not value or any(not (c.isascii() and (c.isalnum() or c in "._-")) for c in value):
+        raise ConfigError(f"{name}: {raw!r} must be 1-249 characters of a-z, A-Z, 0-9, '.', '_', '-'")
+    return value
+
+
+def _session_timeout(name: str, raw: str) -> int:
+    # Faust heartbeats every second; the broker's group.min.session.timeout.ms is 6000 by default.
+    if not raw.strip().isdigit() or not 6000 <= int(raw) <= 1_800_000:
+        raise ConfigError(f"{name}: {raw!r} must be a whole number of ms in 6000-1800000")
+    return int(raw)
+
+
 def _secret(name: str, raw: str) -> Secret:
     return Secret(raw)
 
@@ -142,6 +157,13 @@ class Settings:
     # Real Kafka answers a waiting fetch when records arrive, so this only bounds an idle consumer's requests
     # (10/s at 100); the embedded broker holds an empty fetch for half of it (see processor.kafka.consumer).
     kafka_fetch_max_wait_ms: int = _setting("KAFKA_FETCH_MAX_WAIT_MS", _positive_int, 100)
+    # Static membership (KIP-345): a replica that comes back under the same id within the session timeout
+    # gets its partitions back without a rebalance. Unique per replica (a StatefulSet pod name); not for the
+    # embedded broker, whose static membership livelocks after a kill.
+    group_instance_id: str | None = _setting("PROCESSOR_GROUP_INSTANCE_ID", _instance_id)
+    # How long the group waits for a silent member: the time to notice a dead replica, and with static
+    # membership the time a restart may take without a rebalance.
+    kafka_session_timeout_ms: int = _setting("KAFKA_SESSION_TIMEOUT_MS", _session_timeout, 10_000)
     # glibc's own variable, read here so that a worker's cap (processor.runtime.heap) is the one the user set.
     malloc_arena_max: int = _setting("MALLOC_ARENA_MAX", _positive_int, 2)
     kafka_security_protocol: SecurityProtocol = _setting(

@@ -33,18 +33,8 @@ from confluent_kafka.admin import AdminClient
 
 from processor.dev import kraft
 from processor.dev.devstack import BrokerKind
-from processor.dev.servers import (
-    ServerProcess,
-    _redis_answers,
-    _spawn,
-    free_port,
-    redis_binary,
-    start_redis,
-    stop_all,
-)
-from processor.dev.servers import (
-    start_broker as start_tansu,
-)
+from processor.dev.servers import ServerProcess, free_port, start_redis, stop_all
+from processor.dev.servers import start_broker as start_tansu
 from processor.errors import StackError
 
 COMPOSE_FILE_ENV = "PROCESSOR_CHAOS_COMPOSE_FILE"
@@ -74,14 +64,6 @@ def external_endpoints(environ: dict[str, str] | None = None) -> Endpoints | Non
         replication = int(env.get("PROCESSOR_TOPIC_REPLICATION_FACTOR") or 1)
         return Endpoints(bootstrap, redis_url, external=True, replication_factor=replication)
     return None
-
-
-def start_persistent_redis(port: int, log: Path, workdir: Path) -> ServerProcess:
-    """redis-server that writes every change to an fsynced append-only file in ``workdir`` (see above)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    argv = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-            "--appendfsync", "always", "--dir", str(workdir)]
-    return _spawn("redis", argv, port, log, lambda address: _redis_answers(f"redis://{address}/0"))
 
 
 class Stack:
@@ -144,8 +126,7 @@ class Stack:
 
     def _start_redis(self) -> None:
         log, data = self.workdir / "redis.log", self.workdir / "redis"
-        start = start_persistent_redis if self.persistent_redis else start_redis
-        self.redis = start(self._redis_port, log, data)
+        self.redis = start_redis(self._redis_port, log, data, durable=self.persistent_redis)
 
     # -- faults -------------------------------------------------------------------------------------------
 

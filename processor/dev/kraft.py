@@ -104,7 +104,9 @@ def plan(workdir: Path, brokers: int) -> Cluster:
     if brokers < 1:
         raise StackError(f"--brokers {brokers}: a cluster needs at least one broker")
     # Kafka's cluster ids are a UUID in URL-safe base64 without padding.
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    cluster_id = "-"
+    while cluster_id.startswith("-"):  # as Kafka's Uuid.randomUuid(): kafka-storage would read it as an option
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     nodes = tuple(Node(node_id=i + 1, port=free_port(), controller_port=free_port()) for i in range(brokers))
     cluster = Cluster(workdir, cluster_id, nodes)
     workdir.mkdir(parents=True, exist_ok=True)

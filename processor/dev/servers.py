@@ -181,13 +181,18 @@ def start_broker(port: int, log: Path) -> ServerProcess:
     )
 
 
-def start_redis(port: int, log: Path, workdir: Path) -> ServerProcess:
-    """Start redis-server on 127.0.0.1:port with persistence off and wait for PING."""
+def start_redis(port: int, log: Path, workdir: Path, *, durable: bool = False) -> ServerProcess:
+    """Start redis-server on 127.0.0.1:port and wait for PING.
+
+    Persistence is off unless ``durable``: then every write is fsynced to an append-only file in
+    ``workdir``, so a restarted server comes back with every key (what a Redis restart experiment needs).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
+    persistence = ["--appendonly", "yes", "--appendfsync", "always"] if durable else ["--appendonly", "no"]
     return _spawn(
         "redis",
-        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(workdir)],
+        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", *persistence,
+         "--dir", str(workdir)],
         port, log, lambda address: _redis_answers(f"redis://{address}/0"),
     )
 

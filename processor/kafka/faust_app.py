@@ -108,9 +108,14 @@ class HandlerApp:
     queues (``consume_into``), and the consumer controls those queues use (``pause``, ``resume``, ``ack``)."""
 
     def __init__(self, group: str, settings: Settings, topics: Sequence[str]) -> None:
+        membership = {
+            "broker_session_timeout": settings.kafka_session_timeout_ms / 1000,
+            # One id serves every handler's group: group.instance.id is unique within a group, not globally.
+            "consumer_group_instance_id": settings.group_instance_id,
+        }
         self.app = faust.App(
             group, broker=f"kafka://{settings.kafka_bootstrap_servers}",
-            broker_credentials=faust_credentials(settings), **FAUST_SETTINGS,
+            broker_credentials=faust_credentials(settings), **{**FAUST_SETTINGS, **membership},
         )
         self.app.transport = BatchTransport(
             self.app.conf.broker_consumer, self.app, sink=self._hand_over,
@@ -120,9 +125,11 @@ class HandlerApp:
         self._queues: PartitionQueues[Any] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def consume_into(self, queues: PartitionQueues[Any], on_assigned: Callable[[int], None]) -> None:
-        """Hand every fetched batch to ``queues``; tell them of revoked partitions, and ``on_assigned`` how
-        many partitions the group gives this member (0 on a revocation)."""
+    def consume_into(
+        self, queues: PartitionQueues[Any], on_assigned: Callable[[int], None], on_rebalanced: Callable[[], None],
+    ) -> None:
+        """Hand every fetched batch to ``queues``; tell them of revoked partitions, ``on_assigned`` how many
+        partitions the group gives this member (0 on a revocation), ``on_rebalanced`` of each new assignment."""
         self._queues = queues
 
         async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
@@ -131,6 +138,7 @@ class HandlerApp:
 
         async def on_partitions_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
             on_assigned(len(assigned))
+            on_rebalanced()
 
         cast(Any, self.app.on_partitions_revoked).connect(on_revoked)
         cast(Any, self.app.on_partitions_assigned).connect(on_partitions_assigned)

@@ -5,6 +5,8 @@ The log end is the high watermark of a fetch response, never ListOffsets(latest)
 (Tansu) ListOffsets(latest) answers the base offset of the last batch + 1 when producers batch, while the
 fetch response's high watermark is right there and on real Kafka. One fetch at the committed offset gives
 both the high watermark and the oldest unprocessed record, whose timestamp is the lag in seconds.
+On Apache Kafka ListOffsets(latest) is right and answers the same number, but the fetch is needed for the
+seconds anyway: asking ListOffsets too would add a request per partition per read and tell nothing new.
 """
 
 from __future__ import annotations

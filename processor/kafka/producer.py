@@ -13,6 +13,7 @@ import functools
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
@@ -168,4 +169,27 @@ def ensure_topics(settings: Settings, names: Iterable[str], partitions: int, rep
             if error.code() in (KafkaError.INVALID_REPLICATION_FACTOR, KafkaError.INVALID_PARTITIONS):
                 raise ConfigError(f"topic {name}: {error.str()}") from None
             raise DependencyUnavailable(f"creating topic {name}: {error.str()}") from None
+    _wait_visible(admin, created, settings.kafka_bootstrap_servers)
     return created
+
+
+def _wait_visible(admin: AdminClient, names: Sequence[str], servers: str, timeout_seconds: float = 30.0) -> None:
+    # Apache Kafka answers CreateTopics once the controller has the topic; the brokers learn of it (and of
+    # each partition's leader) a moment later. A consumer that subscribes meanwhile is assigned what it
+    # sees, then rebalances again when the rest appears.
+    deadline = time.monotonic() + timeout_seconds
+    waiting = set(names)
+    while waiting:
+        try:
+            topics = admin.list_topics(timeout=5).topics
+        except KafkaException:
+            topics = {}
+        waiting = {n for n in waiting
+                   if n not in topics or not topics[n].partitions
+                   or any(p.leader < 0 for p in topics[n].partitions.values())}
+        if waiting and time.monotonic() > deadline:
+            raise DependencyUnavailable(
+                f"kafka at {servers}: created {', '.join(sorted(waiting))} but no leader after {timeout_seconds:.0f}s"
+            )
+        if waiting:
+            time.sleep(0.1)

@@ -55,6 +55,11 @@ class Metrics:
             "processor_assigned_partitions", "Partitions assigned to this worker, per handler.",
             ["topology", "handler"], registry=r,
         )
+        self.rebalances = Counter(
+            "processor_rebalances", "Assignments this worker got from a handler's consumer group: one per "
+            "rebalance it took part in. Static membership (PROCESSOR_GROUP_INSTANCE_ID) keeps a restart from "
+            "adding one to every other replica.", ["topology", "handler"], registry=r,
+        )
         self.circuit_opened = Counter(
             "processor_circuit_opened", "Times a breaker opened.", ["breaker"], registry=r
         )
@@ -110,6 +115,7 @@ class Metrics:
             self.events.labels(topology, handler, outcome)
         self.processing.labels(topology, handler)
         self.end_to_end.labels(topology, handler)
+        self.rebalances.labels(topology, handler)
 
     def record_outcome(self, topology: str, handler: str, outcome: str, count: int = 1) -> None:
         if count:

@@ -87,7 +87,8 @@ def build_handler(topology: Topology, spec: HandlerSpec, runtime: Runtime) -> Ha
     )
     handling.pause_with(queues)  # an open breaker holds every partition of the handler
     app.on_stop(lambda: queues.drain(spec.timeout_seconds + 5))
-    app.consume_into(queues, on_assigned=metrics.assigned_partitions.labels(topology.name, spec.name).set)
+    app.consume_into(queues, on_assigned=metrics.assigned_partitions.labels(topology.name, spec.name).set,
+                     on_rebalanced=metrics.rebalances.labels(topology.name, spec.name).inc)
     return app
 
 

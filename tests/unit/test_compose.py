@@ -7,6 +7,8 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
+from processor.dev import kraft
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.kafka.yml"
 
@@ -54,6 +56,40 @@ def test_services_and_kafka_kraft() -> None:
     assert kafka["image"].startswith("apache/kafka")
     roles = _env(kafka)["KAFKA_PROCESS_ROLES"].split(",")
     assert {"broker", "controller"} <= {role.strip() for role in roles}
+
+
+# Per node, not per cluster: the compose file's container addresses differ from loopback ports by design.
+_NODE_SPECIFIC = {"node.id", "controller.quorum.voters", "listeners", "advertised.listeners",
+                  "listener.security.protocol.map", "log.dirs"}
+
+
+def _kafka_properties(env: dict[str, str]) -> dict[str, str]:
+    # The apache/kafka image's rule: drop KAFKA_, lower-case, `_` becomes `.`.
+    prefix = "KAFKA_"
+    return {key[len(prefix):].lower().replace("_", "."): value for key, value in env.items() if key.startswith(prefix)}
+
+
+def test_kafka_version_matches_the_pom_and_the_dev_cluster() -> None:
+    image = _services()["kafka"]["image"]
+    pom = (ROOT / "processor" / "dev" / "kafka.pom.xml").read_text(encoding="utf-8")
+    assert f"<kafka.version>{kraft.KAFKA_VERSION}</kafka.version>" in pom
+    assert image == f"apache/kafka:{kraft.KAFKA_VERSION}"
+
+
+def test_kafka_settings_match_a_one_node_dev_cluster(tmp_path: Path) -> None:
+    node = kraft.Node(node_id=1, port=9092, controller_port=9093)
+    expected = kraft.server_properties(kraft.Cluster(tmp_path, "id", (node,)), node)
+    compose = _kafka_properties(_env(_services()["kafka"]))
+    shared = {key: value for key, value in expected.items() if key not in _NODE_SPECIFIC}
+    assert {key: compose.get(key) for key in shared} == shared
+    assert compose["controller.quorum.voters"] == "1@kafka:9093"
+    listeners = dict(item.split("://") for item in compose["listeners"].split(","))
+    advertised = dict(item.split("://") for item in compose["advertised.listeners"].split(","))
+    protocols = dict(item.split(":") for item in compose["listener.security.protocol.map"].split(","))
+    assert set(advertised) | {compose["controller.listener.names"]} == set(listeners) == set(protocols)
+    assert compose["inter.broker.listener.name"] in advertised
+    assert advertised["EXTERNAL"] == "localhost:29092"
+    assert "29092:29092" in _services()["kafka"]["ports"]
 
 
 def test_bind_mount_sources_exist() -> None:

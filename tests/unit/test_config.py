@@ -41,6 +41,9 @@ def test_flags_override_environment_which_overrides_defaults() -> None:
         ({"OTEL_TRACES_SAMPLER_ARG": "2"}, "OTEL_TRACES_SAMPLER_ARG: '2' must be between 0 and 1"),
         ({"PROCESSOR_LOG_LEVEL": "loud"}, "PROCESSOR_LOG_LEVEL: 'loud' is not one of"),
         ({"KAFKA_FETCH_MAX_WAIT_MS": "0"}, "KAFKA_FETCH_MAX_WAIT_MS: '0' is not a whole number >= 1"),
+        ({"PROCESSOR_GROUP_INSTANCE_ID": "pod 1"}, "PROCESSOR_GROUP_INSTANCE_ID: 'pod 1' must be 1-249 characters"),
+        ({"PROCESSOR_GROUP_INSTANCE_ID": "x" * 250}, f"PROCESSOR_GROUP_INSTANCE_ID: '{'x' * 250}' must be 1-249"),
+        ({"KAFKA_SESSION_TIMEOUT_MS": "3000"}, "KAFKA_SESSION_TIMEOUT_MS: '3000' must be a whole number of ms"),
         ({"MALLOC_ARENA_MAX": "many"}, "MALLOC_ARENA_MAX: 'many' is not a whole number >= 1"),
     ],
 )
