@@ -19,6 +19,7 @@ each, and the ratio of each variant's rate on Kafka to its rate on Tansu).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import os
@@ -118,6 +119,7 @@ class BenchOptions:
     # 120% late in 10-minute soaks): 2000/s for 10 minutes is what it carried here.
     soak_rate: float = 2000.0
     broker: str = "kafka"  # kafka, tansu or both: the bench's own broker when KAFKA_BOOTSTRAP_SERVERS is unset
+    guarantee: bool = False  # instead of the variants: exactly_once against dedup, crashed (processor.bench.guarantee)
 
     @property
     def timeout_seconds(self) -> float:
@@ -320,6 +322,8 @@ def bench_command(options: BenchOptions, environ: Mapping[str, str] | None = Non
     def progress(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
+    if options.guarantee:
+        return _guarantee(options, env, missing, progress)
     reports: list[br.Report] = []
     if not missing:
         settings = Settings.load(env)
@@ -338,6 +342,31 @@ def bench_command(options: BenchOptions, environ: Mapping[str, str] | None = Non
     for shortfall in missed:
         print(shortfall.line(), file=sys.stderr)
     return 1 if any(m.ours for m in missed) else 0
+
+
+def _guarantee(options: BenchOptions, env: Mapping[str, str], missing: Sequence[str],
+               progress: Callable[[str], None]) -> int:
+    from processor.bench.guarantee import HEADER, measure_guarantees
+
+    if options.broker != "kafka" and "KAFKA_BOOTSTRAP_SERVERS" in missing:
+        raise ConfigError(f"bench --guarantee --broker {options.broker}: Faust's exactly_once needs Kafka "
+                          "transactions, which only --broker kafka has")
+    run_id = f"bench-{uuid.uuid4().hex[:8]}"
+    log_dir = options.state_dir / run_id
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as servers:
+        overrides = {}
+        if missing:
+            stack = servers.enter_context(scratch_stack(options.state_dir / "bench-guarantee", "kafka"))
+            overrides = {name: stack.env()[name] for name in missing}
+        settings = Settings.load(env, overrides=overrides)
+        rows = measure_guarantees(settings, run_id, options.events, options.partitions, log_dir, progress)
+    print(f"processor bench {run_id} --guarantee: {options.events} events, {options.partitions} partitions")
+    print(HEADER)
+    for row in rows:
+        print(row.line())
+    ours = rows[0]
+    return 1 if ours.lost or ours.note else 0
 
 
 def _run_on_own_servers(

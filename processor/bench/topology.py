@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from processor.bench.proc import write_mark
+from processor.config import Settings
 from processor.runtime.headers import due_at_ms
 from processor.topology.retry import Retry
 from processor.topology.topology import Context, Output, Topology
@@ -32,6 +33,7 @@ OUTPUT = os.environ.get("PROCESSOR_BENCH_OUTPUT", f"{NAME}.out")
 PARTITIONS = os.environ.get("PROCESSOR_BENCH_PARTITIONS")
 MARK_FILE = os.environ.get("PROCESSOR_BENCH_MARK_FILE")
 FAIL_FIRST = os.environ.get("PROCESSOR_BENCH_FAIL_FIRST") == "1"
+RUNS_KEY = os.environ.get("PROCESSOR_BENCH_RUNS_KEY")  # processor.bench.guarantee: count each handler run
 RETRY_DELAY = "1s"
 
 topology = Topology(
@@ -41,6 +43,13 @@ topology = Topology(
 )
 
 _marked = False
+
+
+@topology.dependency("runs")
+def _runs_store(settings: Settings) -> Any:
+    import redis.asyncio
+
+    return redis.asyncio.Redis.from_url(settings.redis_url.reveal())
 
 
 class FirstAttemptFails(Exception):
@@ -57,6 +66,8 @@ async def passthrough(event: dict[str, Any], ctx: Context) -> list[Output]:
         # come before it); a blocking write once per process is harmless.
         write_mark(Path(MARK_FILE))
         _marked = True
+    if RUNS_KEY:
+        await ctx.dependency("runs").hincrby(RUNS_KEY, str(event["event_id"]), 1)
     if FAIL_FIRST:
         if ctx.attempt == 1:
             raise FirstAttemptFails("the bench's retry-path run fails every first attempt")

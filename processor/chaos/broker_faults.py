@@ -12,6 +12,7 @@ still accepts acks=all writes, so none of these faults may lose an acknowledged 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from processor.chaos.faults import Fault, FaultContext
@@ -57,6 +58,20 @@ def _wait_in_sync(ctx: FaultContext, what: str) -> None:
     raise StackError(f"{what}: partitions still under-replicated after {IN_SYNC_TIMEOUT_SECONDS:.0f}s")
 
 
+def _down_and_back(ctx: FaultContext, at: float, back_after: float, target: str,
+                   take_down: Callable[[int], None], how: str) -> None:
+    ctx.sleep_until(at)
+    victim = _victim(ctx, target)
+    take_down(victim)
+    ctx.timeline.inject(f"broker {victim} {how}")
+    _wait_moved(ctx, victim, target)
+    ctx.sleep_until(at + back_after)
+    ctx.stack.start_broker(victim)
+    ctx.timeline.heal(f"broker {victim} started again on its log")
+    _wait_in_sync(ctx, f"broker {victim} back")
+    ctx.finish_workload()
+
+
 @dataclass(frozen=True)
 class KillBroker(Fault):
     """SIGKILL the source partition's leader (or the active controller); start it again later."""
@@ -70,16 +85,8 @@ class KillBroker(Fault):
         return f"SIGKILL {who} {self.at:g}s into the load; start it again {self.restart_after:g}s later"
 
     def run(self, ctx: FaultContext) -> None:
-        ctx.sleep_until(self.at)
-        victim = _victim(ctx, self.target)
-        ctx.stack.kill_broker(victim)
-        ctx.timeline.inject(f"SIGKILL broker {victim} ({self.target})")
-        _wait_moved(ctx, victim, self.target)
-        ctx.sleep_until(self.at + self.restart_after)
-        ctx.stack.start_broker(victim)
-        ctx.timeline.heal(f"broker {victim} started again on its log")
-        _wait_in_sync(ctx, f"broker {victim} back")
-        ctx.finish_workload()
+        _down_and_back(ctx, self.at, self.restart_after, self.target, ctx.stack.kill_broker,
+                       f"SIGKILLed ({self.target})")
 
 
 @dataclass(frozen=True)
@@ -94,16 +101,7 @@ class RestartBroker(Fault):
                 f"again on its log {self.down:g}s later")
 
     def run(self, ctx: FaultContext) -> None:
-        ctx.sleep_until(self.at)
-        victim = _victim(ctx, "leader")
-        ctx.stack.stop_broker(victim)
-        ctx.timeline.inject(f"broker {victim} stopped (controlled shutdown)")
-        _wait_moved(ctx, victim, "leader")
-        ctx.sleep_until(self.at + self.down)
-        ctx.stack.start_broker(victim)
-        ctx.timeline.heal(f"broker {victim} started again on its log")
-        _wait_in_sync(ctx, f"broker {victim} back")
-        ctx.finish_workload()
+        _down_and_back(ctx, self.at, self.down, "leader", ctx.stack.stop_broker, "stopped (controlled shutdown)")
 
 
 @dataclass(frozen=True)

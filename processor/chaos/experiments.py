@@ -34,13 +34,6 @@ FAILOVER = (
     "for the new leader's election (and acks=all for the in-sync replicas), so the batches in flight then "
     "take seconds, past the 500 ms objective; with the SLO windows shrunk to minutes that burst pages."
 )
-COLD_START = (
-    "ProcessorLatencyBudgetBurn is tolerated here: the fault starts with the load, so the alert check's history "
-    "carries no traffic (processor.chaos.alerts) and the run's first seconds count undiluted. On a fresh "
-    "3-broker cluster of this 2-core machine, new workers' first batches on topics that never carried traffic "
-    "put 2-5% of events above 500 ms (measured: p99 0.7-1.4 s over the 6 s load); an hour of traffic before "
-    "would dilute them, the 2-minute page window does not."
-)
 CATCH_UP = (
     "ProcessorLatencyBudgetBurn is tolerated here: events in flight during the outage count it in their "
     "processing time, and the backlog is then processed in batches of up to 500 whose events each count the "
@@ -215,7 +208,6 @@ EXPERIMENTS: tuple[Experiment, ...] = (
         "ids are dead-lettered with their reason; huge and key-less orders and one event id on two partitions "
         "are processed once; no page",
         PoisonMix(), events=600, duration=6.0, duplicates=50, poison=True, quick=True,
-        may_page=frozenset({LATENCY_BURN}), notes=(COLD_START,),
     ),
     Experiment(
         "oversized-message",

@@ -84,6 +84,7 @@ class Clock:
 
 
 Key = tuple[tuple[str, str], ...]
+STEADY_MIN_SECONDS = 2.0  # the shortest fault-free load a history rate is taken from
 
 
 def _value_at(series: Series, name: str, key: Key, when: float) -> float:
@@ -97,7 +98,7 @@ def _value_at(series: Series, name: str, key: Key, when: float) -> float:
 
 def _steady_rate(series: Series, name: str, key: Key, clock: Clock) -> float:
     """A counter's rate in the steady load before the fault (0 without one of at least 2 s)."""
-    if clock.steady is None or clock.steady[1] - clock.steady[0] < 2.0:
+    if clock.steady is None or clock.steady[1] - clock.steady[0] < STEADY_MIN_SECONDS:
         return 0.0
     start, end = clock.steady
     return max(0.0, (_value_at(series, name, key, end) - _value_at(series, name, key, start)) / (end - start))

@@ -286,7 +286,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_command(BenchOptions(
         events=args.events, partitions=args.partitions, payload_bytes=args.payload_bytes, json_path=args.json,
         latency=args.latency, state_dir=args.state_dir, only=only, soak_seconds=args.soak,
-        soak_rate=float(args.soak_rate), broker=args.broker,
+        soak_rate=float(args.soak_rate), broker=args.broker, guarantee=args.guarantee,
     ))
 
 

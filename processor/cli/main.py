@@ -285,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--broker", choices=("kafka", "tansu", "both"), default="kafka",
                        help="the bench's own broker when KAFKA_BOOTSTRAP_SERVERS is unset: one Apache Kafka node "
                        "(default), Tansu, or both in turn, with each variant's Kafka/Tansu ratio")
+    bench.add_argument("--guarantee", action="store_true",
+                       help="instead: Faust's exactly_once (transactions) against our dedup + stored outputs, each "
+                       "SIGKILLed at 40%% and restarted; lost events, duplicate outputs (read_committed) and "
+                       "duplicate side effects of each (Apache Kafka only)")
     bench.add_argument("--state-dir", type=Path, default=Path(".processor"),
                        help="where logs and the embedded servers' files go (default: .processor)")
     bench.set_defaults(func=cmd_bench)
