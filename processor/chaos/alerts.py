@@ -17,8 +17,9 @@ How the recorded run becomes a promtool test (all of it is written to the report
 - **History and aftermath.** Before the recording, a steady history as long as the longest page window
   is prepended for the processes that were there from the start: gauges held at their first value
   (caught-up lag, breakers closed), counters growing with the traffic the load had before the fault (the
-  load's own rate when the fault starts with it: ``processor.chaos.judge._steady``), every event of it good (each histogram bucket at its
-  count's rate, outcome counters for success only: ``chaos_series._history_rate``), so a window does not
+  load's own rate when the fault starts with it: ``processor.chaos.judge``), every event of it good
+  (each histogram bucket at its count's rate, outcome counters for success only:
+  ``processor.chaos.series._history_rate``), so a window does not
   begin with the experiment, a short fault is diluted as it would be in a healthy fleet that ran before
   it, and the invented history itself never burns budget. After the recording the final
   values are extended forward (counters flat, gauges as they ended, timestamps advancing), long enough for

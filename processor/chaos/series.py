@@ -19,7 +19,8 @@ GOOD_OUTCOME = "success"  # of processor_events_total's ``outcome``: the only on
 def _fmt(value: float) -> str:
     if math.isnan(value) or math.isinf(value):
         return "NaN" if math.isnan(value) else ("Inf" if value > 0 else "-Inf")
-    return str(int(value)) if value == int(value) else format(value, ".12g")
+    # Every digit (repr's shortest round trip): a value rounded below a ramp's end reads as a reset.
+    return str(int(value)) if value == int(value) else repr(value)
 
 
 def expand(values: Sequence[float | str | None]) -> str:
@@ -49,6 +50,11 @@ def expand(values: Sequence[float | str | None]) -> str:
             elif abs(d - step) > 1e-9 * max(1.0, abs(w)):
                 break
             j += 1
+        # The ramp as promtool computes it must not end above the value after it (or that reads as a
+        # reset): else its last value goes out as it is.
+        while j - i > 1 and j < len(values) and isinstance(values[j], float | int) and (
+                _ramp_end(v, step or 0, j - i - 1) > values[j]):  # type: ignore[operator]
+            j -= 1
         if j - i == 1:
             out.append(_fmt(v))
         else:
@@ -56,6 +62,17 @@ def expand(values: Sequence[float | str | None]) -> str:
             out.append(f"{_fmt(v)}{sign}{_fmt(abs(step or 0))}x{j - i - 1}")
         i = j
     return " ".join(out)
+
+
+def _ramp_end(start: float, step: float, count: int) -> float:
+    # Where promtool's ``start+stepxcount`` ends, from the printed numbers, adding up or multiplying
+    # (the larger): a ramp ending above the value after it is a counter reset to rate(), whose increase
+    # (the whole counter) swamped every window across it and hid a latency page.
+    first, delta = float(_fmt(start)), float(_fmt(step))
+    summed = first
+    for _ in range(count):
+        summed += delta
+    return max(summed, first + delta * count)
 
 
 def _labels(name: str, labels: Iterable[tuple[str, str]], instance: str) -> str:
