@@ -189,7 +189,8 @@ def wait_serving(member: Member, timeout_seconds: float) -> None:
     deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
         if not member.alive():
-            raise StackError(f"{member.name} exited at start: {member.tail()}")
+            code = member.proc.returncode if member.proc is not None else "?"
+            raise StackError(f"{member.name} exited ({code}) at start: {member.tail()}")
         try:
             member.metrics()
             return

@@ -26,7 +26,7 @@ from processor.config import Settings
 from processor.dev.devstack import BrokerKind
 from processor.errors import StackError
 from processor.kafka.lag import read_lag
-from processor.kafka.producer import client_config, ensure_topics
+from processor.kafka.producer import client_config, ensure_topics, wait_for_topics
 from processor.topology.topology import Topology, load_topology
 
 SERVE_TIMEOUT_SECONDS = 30.0
@@ -70,16 +70,31 @@ def run_experiment(exp: Experiment, options: RunOptions) -> Outcome:
     return dataclasses.replace(outcome, elapsed_seconds=round(time.monotonic() - started, 1))  # with the alert check
 
 
+def _take_large_records(settings: Settings, topic: str) -> None:
+    # Apache Kafka refuses a record above the topic's max.message.bytes (1 MiB by default) at produce time,
+    # so an oversized input reaches a worker only from a topic that takes it: the worker, not the broker,
+    # must be what refuses it here (the embedded broker takes anything).
+    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
+
+    entry = ConfigEntry("max.message.bytes", str(LARGE_RECORD_BYTES), incremental_operation=AlterConfigOpType.SET)
+    resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[entry])
+    for future in AdminClient(client_config(settings)).incremental_alter_configs([resource]).values():
+        future.result()
+
+
 def _partitions(settings: Settings, topology: Topology) -> dict[str, int]:
     """Per handler, the partitions its consumer group reads (source and retry tiers), as they exist."""
     from confluent_kafka.admin import AdminClient
 
-    metadata = AdminClient(client_config(settings)).list_topics(timeout=10).topics
+    # Metadata that has every topic: a broker that has not yet learnt of one would make it count 0.
+    admin = AdminClient(client_config(settings))
+    metadata = wait_for_topics(admin, topology.topics(), settings.kafka_bootstrap_servers)
     return {spec.name: sum(len(metadata[t].partitions) for t in (spec.source, *spec.retry_topics) if t in metadata)
             for spec in topology.handlers}
 
 
 REPLICATED_EVENTS_PER_SECOND = 30
+LARGE_RECORD_BYTES = 4_000_000  # the workload producer's message.max.bytes (processor.chaos.workload)
 
 
 def _capped(events: int, duration: float, replication_factor: int, timeline: Timeline) -> int:
@@ -112,6 +127,8 @@ def _execute(exp: Experiment, options: RunOptions, topology: Topology, run_id: s
         settings = Settings.load(overrides=endpoints.env())
         ensure_topics(settings, topology.topics(), topology.partitions or settings.topic_partitions,
                       settings.topic_replication_factor)
+        if exp.oversized:
+            _take_large_records(settings, source)
         partitions = _partitions(settings, topology)
         env = {**endpoints.env(), **exp.worker_env, **exp.fault.worker_env}
         fleet = Fleet(options.topology, env, workdir, options.cwd)

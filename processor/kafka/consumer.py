@@ -25,7 +25,8 @@ empty fetch only after half its wait even when records arrive meanwhile, which m
 floor of its end-to-end latency.
 
 This overrides private methods (``_drain_messages``, ``_create_worker_consumer``, the thread's ``start``
-and ``_gather_remaining_tasks``) and writes the fields Faust's ``ack`` and aiokafka's constructor write;
+and ``_gather_remaining_tasks``, aiokafka's fetcher ``_proc_offset_request``) and writes the fields
+Faust's ``ack`` and aiokafka's constructor write;
 all are pinned by the version ranges in pyproject.toml and exercised by every integration test.
 """
 
@@ -35,6 +36,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from aiokafka import errors as aiokafka_errors
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from faust.types.tuples import ack_lock
@@ -69,7 +71,33 @@ class _ConsumerOnLoop(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = transport.fetch_max_wait_ms  # read when the consumer starts
+        start = consumer.start
+
+        async def start_then_patch() -> None:
+            await start()  # creates the fetcher
+            _refresh_metadata_on_stale_leader(consumer._fetcher, consumer._client)
+
+        consumer.start = start_then_patch
         return consumer
+
+
+def _refresh_metadata_on_stale_leader(fetcher: Any, client: Any) -> None:
+    # aiokafka 0.14 retries a failed offset reset (ListOffsets, for a partition with no committed offset)
+    # against the same broker every retry_backoff and never asks for new metadata (its offsets-by-time
+    # path does). On Apache Kafka, once that partition's leader moved (a broker paused past its session
+    # timeout in the chaos lab), it looped on NOT_LEADER_FOR_PARTITION until metadata's max age (5 min),
+    # and the handler's whole fetch with it: 196 events unprocessed when the experiment ended.
+    proc_offset_request = fetcher._proc_offset_request
+
+    async def refreshing(node_id: Any, topic_data: Any) -> Any:
+        try:
+            return await proc_offset_request(node_id, topic_data)
+        except aiokafka_errors.KafkaError as err:
+            if err.invalid_metadata:
+                client.force_metadata_update()
+            raise
+
+    fetcher._proc_offset_request = refreshing
 
 
 class BatchConsumer(faust_aiokafka.Consumer):

@@ -169,27 +169,30 @@ def ensure_topics(settings: Settings, names: Iterable[str], partitions: int, rep
             if error.code() in (KafkaError.INVALID_REPLICATION_FACTOR, KafkaError.INVALID_PARTITIONS):
                 raise ConfigError(f"topic {name}: {error.str()}") from None
             raise DependencyUnavailable(f"creating topic {name}: {error.str()}") from None
-    _wait_visible(admin, created, settings.kafka_bootstrap_servers)
+    wait_for_topics(admin, created, settings.kafka_bootstrap_servers)
     return created
 
 
-def _wait_visible(admin: AdminClient, names: Sequence[str], servers: str, timeout_seconds: float = 30.0) -> None:
-    # Apache Kafka answers CreateTopics once the controller has the topic; the brokers learn of it (and of
-    # each partition's leader) a moment later. A consumer that subscribes meanwhile is assigned what it
-    # sees, then rebalances again when the rest appears.
+def wait_for_topics(
+    admin: AdminClient, names: Sequence[str], servers: str, timeout_seconds: float = 30.0
+) -> dict[str, Any]:
+    """The first metadata ``admin`` gets that shows every topic of ``names`` with a leader per partition.
+
+    Apache Kafka answers CreateTopics once the controller has the topic; each broker learns of it (and of
+    each partition's leader) a moment later, on its own. A consumer that subscribes meanwhile is assigned
+    what it sees, then rebalances again when the rest appears."""
     deadline = time.monotonic() + timeout_seconds
-    waiting = set(names)
-    while waiting:
+    while True:
         try:
-            topics = admin.list_topics(timeout=5).topics
+            topics: dict[str, Any] = admin.list_topics(timeout=5).topics
         except KafkaException:
             topics = {}
-        waiting = {n for n in waiting
-                   if n not in topics or not topics[n].partitions
-                   or any(p.leader < 0 for p in topics[n].partitions.values())}
-        if waiting and time.monotonic() > deadline:
+        waiting = [n for n in names if n not in topics or not topics[n].partitions
+                   or any(p.leader < 0 for p in topics[n].partitions.values())]
+        if not waiting:
+            return topics
+        if time.monotonic() > deadline:
             raise DependencyUnavailable(
-                f"kafka at {servers}: created {', '.join(sorted(waiting))} but no leader after {timeout_seconds:.0f}s"
+                f"kafka at {servers}: {', '.join(sorted(waiting))} without a leader after {timeout_seconds:.0f}s"
             )
-        if waiting:
-            time.sleep(0.1)
+        time.sleep(0.1)
