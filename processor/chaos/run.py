@@ -74,7 +74,7 @@ def _take_large_records(settings: Settings, topic: str) -> None:
     # Apache Kafka refuses a record above the topic's max.message.bytes (1 MiB by default) at produce time,
     # so an oversized input reaches a worker only from a topic that takes it: the worker, not the broker,
     # must be what refuses it here (the embedded broker takes anything).
-    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
+    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType  # type: ignore[attr-defined, unused-ignore]
 
     entry = ConfigEntry("max.message.bytes", str(LARGE_RECORD_BYTES), incremental_operation=AlterConfigOpType.SET)
     resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[entry])
