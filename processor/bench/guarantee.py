@@ -28,7 +28,7 @@ import redis
 import redis.asyncio
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from processor.bench.run import child_env, fill
+from processor.bench.run import child_env, fill, stop
 from processor.config import Settings
 from processor.dev.servers import free_port
 from processor.errors import StackError
@@ -109,12 +109,7 @@ def _crash_and_finish(settings: Settings, start: Callable[[], subprocess.Popen[b
         time.sleep(3.0)  # anything still in flight lands before the count
         return _read_committed(settings, output), took, note
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def measure_guarantees(settings: Settings, run_id: str, events: int, partitions: int, log_dir: Path,
