@@ -71,9 +71,12 @@ unit: $(STAMP)
 
 # The whole suite on Apache Kafka: the session starts one 3-broker KRaft cluster (replication factor 3,
 # min.insync.replicas 2) and one Redis, shared by three pytest processes (the integration tests mostly
-# wait on workers). PROCESSOR_TEST_BACKEND=tansu runs it on the embedded broker instead.
+# wait on workers). Then the `solo` tests, which judge a latency SLO, alone on the machine: run beside
+# the others, the CPUs they share made a p99 of the chaos lab's order flow cross 500 ms and page.
+# PROCESSOR_TEST_BACKEND=tansu runs both on the embedded broker instead.
 test: $(STAMP) system-deps $(BIN)/kcat $(KAFKA_STAMP) lint typecheck
-	$(BIN)/pytest -q -n 3 --dist loadgroup
+	$(BIN)/pytest -q -n 3 --dist loadgroup -m "not solo"
+	$(BIN)/pytest -q -m solo
 
 # Every chaos experiment, each on a 3-broker Kafka cluster and a Redis of its own; prints the table,
 # writes the report.

@@ -106,6 +106,15 @@ class BatchConsumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerOnLoop(self, loop=self.loop, beacon=self.beacon)
 
+    async def on_stop(self) -> None:
+        # Faust's commit() only waits when another commit is under way, and returns without committing:
+        # a periodic commit that began before the last acks made the stop's final commit a no-op, and a
+        # graceful stop left up to a batch per partition to be processed again (seen on a 3-broker
+        # cluster, where a commit takes long enough to overlap). Wait those out, then commit for real.
+        while await self.maybe_wait_for_commit_to_finish():
+            pass
+        await super().on_stop()
+
     async def _drain_messages(self, fetcher: Any) -> None:
         sink: RecordSink = self.transport.sink  # type: ignore[attr-defined]
         consumer_stopped = self._stopped.is_set
