@@ -78,7 +78,8 @@ def _take_large_records(settings: Settings, topic: str) -> None:
 
     entry = ConfigEntry("max.message.bytes", str(LARGE_RECORD_BYTES), incremental_operation=AlterConfigOpType.SET)
     resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[entry])
-    for future in AdminClient(client_config(settings)).incremental_alter_configs([resource]).values():
+    admin = AdminClient(client_config(settings))  # held until the futures resolve: a dropped handle fails them
+    for future in admin.incremental_alter_configs([resource]).values():
         future.result()
 
 
