@@ -270,6 +270,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return run_demo(Settings.load(overrides=stack.env()), options)
 
 
+# -- dedup -------------------------------------------------------------------------------------------------
+
+
+def cmd_dedup_capacity(args: argparse.Namespace) -> int:
+    from processor.ops.dedup_capacity import Capacity, describe
+
+    print(describe(Capacity(args.rate, args.window, args.handlers, args.peak_rate or args.rate)))
+    return 0
+
+
 # -- bench -------------------------------------------------------------------------------------------------
 
 
@@ -278,6 +288,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from processor.bench.command import BenchOptions, bench_command
     from processor.bench.report import ORDER
 
+    if args.dedup_memory:
+        from processor.bench.dedup_memory import measure, report
+
+        for fill in (1.0, 1 / 8):
+            print(report(measure(args.dedup_memory, fill=fill)))
+        return 0
     only = None
     if args.only is not None:
         only = frozenset(k.strip() for k in args.only.split(",") if k.strip())

@@ -15,6 +15,7 @@ from processor.cli.commands import (
     CONNECTION_FLAGS,
     cmd_bench,
     cmd_chaos_run,
+    cmd_dedup_capacity,
     cmd_demo,
     cmd_dev_down,
     cmd_dev_env,
@@ -31,6 +32,7 @@ from processor.cli.commands import (
 )
 from processor.errors import ConfigError, ProcessorError
 from processor.topology.retry import parse_duration
+from processor.topology.slo import window_seconds
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -72,6 +74,13 @@ def _seconds(text: str) -> float:
 def _duration(text: str) -> float:
     try:
         return parse_duration(text if not text.replace(".", "", 1).isdigit() else f"{text}s")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _window(text: str) -> int:
+    try:
+        return window_seconds(text)
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -206,6 +215,21 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("-o", "--output", type=Path, help="write to FILE instead of stdout")
     dashboard.set_defaults(func=cmd_slo_dashboard)
 
+    dedup = commands.add_parser("dedup", help="size the Redis that dedup needs",
+                                description="Dedup's memory, from the bytes per id processor bench measures.")
+    dedup_commands = dedup.add_subparsers(dest="dedup_command", required=True, metavar="ACTION")
+    capacity = dedup_commands.add_parser(
+        "capacity", help="the Redis memory a dedup window needs at a rate",
+        description="Print the Redis memory the done-marks of RATE events/s per handler need for WINDOW.",
+    )
+    capacity.add_argument("--rate", type=_rate, required=True, help="events/s into each handler")
+    capacity.add_argument("--window", type=_window, required=True,
+                          help="how long ids are remembered (the topology's dedup_ttl_seconds): 90m, 12h, 7d")
+    capacity.add_argument("--handlers", type=_positive, default=1, help="handlers deduplicating (default 1)")
+    capacity.add_argument("--peak-rate", type=_rate,
+                          help="the topology's dedup_peak_rate (default: --rate, a layout sized for it)")
+    capacity.set_defaults(func=cmd_dedup_capacity)
+
     dlq = commands.add_parser("dlq", help="inspect and replay dead-lettered events",
                               description="Inspect a topology's dead-letter topics and replay entries.")
     dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
@@ -289,6 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="instead: Faust's exactly_once (transactions) against our dedup + stored outputs, each "
                        "SIGKILLed at 40%% and restarted; lost events, duplicate outputs (read_committed) and "
                        "duplicate side effects of each (Apache Kafka only)")
+    bench.add_argument("--dedup-memory", type=_positive, metavar="IDS",
+                       help="instead: Redis used_memory per remembered event id, over IDS ids (e.g. 1000000) "
+                       "through claim, stored outputs and done, in a layout sized for them and in one sized for "
+                       "8x more (a redis-server of its own)")
     bench.add_argument("--state-dir", type=Path, default=Path(".processor"),
                        help="where logs and the embedded servers' files go (default: .processor)")
     bench.set_defaults(func=cmd_bench)

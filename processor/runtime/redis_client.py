@@ -11,11 +11,15 @@ arguments, best of three: 62 µs here, 185 µs through redis-py 8.2's packer, 22
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
+import redis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
 from redis.connection import HiredisRespSerializer
 from redis.utils import HIREDIS_AVAILABLE
+
+from processor.errors import ConfigError
 
 
 class HiredisPackedConnection(Connection):
@@ -33,3 +37,19 @@ def connect(url: str, **options: Any) -> aioredis.Redis:
     if HIREDIS_AVAILABLE and url.startswith("redis://"):
         options.setdefault("connection_class", HiredisPackedConnection)
     return aioredis.Redis.from_url(url, **options)
+
+
+def refuse_cluster(url: str) -> None:
+    """Raise ConfigError when ``url`` is a Redis Cluster node: the dedup scripts need one keyspace
+    (processor.runtime.dedup). Unreachable is not refused: the worker waits for Redis as it runs."""
+    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+    try:
+        enabled = client.info("cluster").get("cluster_enabled")
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        return
+    finally:
+        client.close()
+    if enabled in (1, "1"):
+        where = urlsplit(url)  # never the password
+        raise ConfigError(f"REDIS_URL {where.hostname}:{where.port or 6379} is a Redis Cluster node: dedup needs "
+                          "one Redis (a primary, with replicas if you like), not a cluster")

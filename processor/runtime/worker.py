@@ -70,6 +70,7 @@ def build_handler(topology: Topology, spec: HandlerSpec, runtime: Runtime) -> Ha
     dedup = Dedup(
         runtime.redis, group=group, owner=runtime.owner,
         lease_seconds=topology.claim_lease_seconds, ttl_seconds=topology.dedup_ttl_seconds,
+        peak_rate=topology.dedup_peak_rate,
         on_dependency=lambda up: metrics.set_dependency_up("redis", up),
     )
     handling = Handling(scope, breaker=runtime.breakers.get(spec.breaker) if spec.breaker else None,
@@ -135,6 +136,7 @@ class Worker:
 
     def run(self) -> None:
         """Create the topics (unless told not to), serve /metrics, and run until stopped."""
+        redis_client.refuse_cluster(self.settings.redis_url.reveal())
         if self.create_topics:
             ensure_topics(
                 self.settings, self.topology.topics(),

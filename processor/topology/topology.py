@@ -97,7 +97,8 @@ class Topology:
     """A named set of handlers; the module-level object a worker loads.
 
     ``schemas_dir`` holds ``<schema>.json`` files; ``max_event_bytes`` bounds an input record;
-    ``dedup_ttl_seconds`` is how long a processed event id is remembered; ``claim_lease_seconds`` how long
+    ``dedup_ttl_seconds`` is how long a processed event id is remembered, ``dedup_peak_rate`` the events/s
+    per handler its memory is laid out for (processor.runtime.dedup); ``claim_lease_seconds`` how long
     a dead worker's claims keep its in-flight events from another processor (a live worker renews its
     claims while their batch runs, so this is the take-over time after a crash, not a limit on handlers);
     ``redact`` names event fields (at any depth) that never appear in logs.
@@ -107,6 +108,7 @@ class Topology:
     schemas_dir: Path = field(default_factory=lambda: Path("schemas"))
     max_event_bytes: int = 1_048_576
     dedup_ttl_seconds: int = 7 * 24 * 3600
+    dedup_peak_rate: float = 100.0
     # The same as the consumer group's session timeout (processor.runtime.worker): a crashed worker's events are
     # free about when its partitions move.
     claim_lease_seconds: float = 10.0
@@ -120,6 +122,8 @@ class Topology:
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
             raise ConfigError(f"topology name {self.name!r} may hold only letters, digits, '.', '_', '-'")
+        if self.dedup_ttl_seconds <= 0 or self.dedup_peak_rate <= 0:
+            raise ConfigError(f"topology {self.name}: dedup_ttl_seconds and dedup_peak_rate must be above 0")
         if self.claim_lease_seconds <= 0:
             raise ConfigError(f"topology {self.name}: claim_lease_seconds must be above 0")
         self.schemas_dir = Path(self.schemas_dir)

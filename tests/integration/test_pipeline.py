@@ -81,9 +81,7 @@ class Harness:
         return self.metrics.registry.get_sample_value("processor_dead_letters_total", labels) or 0.0
 
     async def state(self, event_id: str) -> bytes | None:
-        value = await self.redis.get(self.dedup.key(event_id))
-        assert value is None or isinstance(value, bytes)
-        return value
+        return await self.dedup.state(event_id)
 
 
 async def handle(event: dict[str, Any], ctx: Context) -> list[Output]:

@@ -28,13 +28,15 @@ RECOVERY_SECONDS = 15.0
 
 
 def dedup_states(url: str, name: str) -> dict[str, int]:
-    """How many of the handler's dedup keys are in each state (c: claimed, r: results stored, d: done)."""
+    """How many of the handler's events are in flight in each state (c: claimed, r: results stored), and
+    how many done-marks it keeps (d)."""
     client = redis.Redis.from_url(url)
     try:
         values = [client.get(k) for k in client.scan_iter(f"dedup:{name}.a:*")]
+        done = sum(client.hlen(k) for k in client.scan_iter(f"dd:{name}.a:*") if not k.endswith(b":n"))
     finally:
         client.close()
-    return dict(Counter(v[:1].decode() if isinstance(v, bytes) else "?" for v in values))
+    return {**Counter(v[:1].decode() if isinstance(v, bytes) else "?" for v in values), "d": done}
 
 
 def test_redis_pause_loses_and_duplicates_nothing(backend: Backend, unique: str, tmp_path: Path) -> None:

@@ -1,0 +1,88 @@
+"""Dedup's done-marks on a real Redis: their bytes per id, their expiry, and a layout change that must not
+hide them (processor.runtime.dedup); and the worker refusing a Redis Cluster node."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import redis
+
+from processor.bench.dedup_memory import measure
+from processor.dev.servers import free_port, redis_binary
+from processor.runtime.dedup import DONE_BUCKETS, Claim, Dedup
+from processor.runtime.redis_client import connect
+from tests.conftest import REPO, Backend
+
+TTL = 3600
+
+
+def test_a_remembered_id_costs_at_most_40_bytes() -> None:
+    sized, eighth = measure(100_000, fill=1.0), measure(100_000, fill=1 / 8)
+    assert sized.bytes_per_id <= 40, sized
+    assert eighth.bytes_per_id <= 40, eighth
+    assert set(sized.encodings) == {"listpack", "int"}, sized.encodings  # no hash grew into a hashtable
+
+
+def test_done_marks_survive_a_new_rate_expire_by_bucket_and_can_be_forgotten(backend: Backend, unique: str) -> None:
+    async def run() -> None:
+        client = connect(backend.redis_url)
+        try:
+            group = f"{unique}.g"
+            small = Dedup(client, group=group, owner="w1", lease_seconds=5, ttl_seconds=TTL, peak_rate=1)
+            ids = [f"e{i}" for i in range(50)]
+            token = small.new_token()
+            assert [r.status for r in await small.claim(ids, token)] == [Claim.CLAIMED] * 50
+            await small.store_results([(i, b"out") for i in ids], token)
+            await small.mark_done(ids)
+            assert await client.exists(*[small.key(i) for i in ids]) == 0  # in-flight keys are gone
+            # Sized for 10 000x the rate, its hashes are others: the bucket's own count still finds the marks.
+            large = Dedup(client, group=group, owner="w2", lease_seconds=5, ttl_seconds=TTL, peak_rate=10_000)
+            assert large.marks.hashes_per_bucket > small.marks.hashes_per_bucket
+            assert [r.status for r in await large.claim(ids, large.new_token())] == [Claim.DONE] * 50
+            assert await large.state("e1") == b"d"
+            hashes = [k async for k in client.scan_iter(f"dd:{group}:*")]
+            assert hashes
+            bucket = small.marks.bucket_seconds
+            for key in hashes:  # a TTL after the bucket ends: between one TTL and one TTL and a bucket away
+                assert TTL - 5 <= await client.ttl(key) <= TTL + bucket, key
+            assert bucket * DONE_BUCKETS >= TTL
+            await large.forget(["e1"])
+            assert await large.state("e1") is None
+            assert [r.status for r in await small.claim(["e1", "e2"], small.new_token())] == [Claim.CLAIMED, Claim.DONE]
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_the_worker_refuses_a_redis_cluster_node(tmp_path: Path, backend: Backend) -> None:
+    port = free_port()
+    server = subprocess.Popen(
+        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "nodes.conf"), "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        client = redis.Redis(port=port)
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                asyncio.run(asyncio.sleep(0.05))
+        client.close()
+        env = {**os.environ, **backend.env(), "REDIS_URL": f"redis://127.0.0.1:{port}/0",
+               "TESTBED_NAME": "refused"}
+        shown = subprocess.run([sys.executable, "-m", "processor", "worker", "tests.topologies.testbed"],
+                               capture_output=True, text=True, timeout=60, cwd=REPO, env=env)
+        assert shown.returncode != 0
+        lines = [line for line in shown.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1, shown.stderr
+        assert f"127.0.0.1:{port} is a Redis Cluster node" in lines[0]
+    finally:
+        server.terminate()
+        server.wait(10)
