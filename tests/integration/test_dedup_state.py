@@ -7,6 +7,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import redis
@@ -61,19 +62,24 @@ def test_done_marks_survive_a_new_rate_expire_by_bucket_and_can_be_forgotten(bac
 
 def test_the_worker_refuses_a_redis_cluster_node(tmp_path: Path, backend: Backend) -> None:
     port = free_port()
+    # The cluster bus defaults to port + 10000, which a free port above 55535 cannot have.
     server = subprocess.Popen(
         [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "nodes.conf"), "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+         "--cluster-enabled", "yes", "--cluster-port", str(free_port()),
+         "--cluster-config-file", str(tmp_path / "nodes.conf"), "--dir", str(tmp_path)],
+        stdout=(tmp_path / "redis.log").open("wb"), stderr=subprocess.STDOUT,
     )
     try:
-        client = redis.Redis(port=port)
-        for _ in range(100):
+        client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
+        deadline = time.monotonic() + 10
+        while True:
+            assert server.poll() is None, (tmp_path / "redis.log").read_text()
             try:
-                client.ping()
+                assert client.info("cluster")["cluster_enabled"] == 1
                 break
             except redis.ConnectionError:
-                asyncio.run(asyncio.sleep(0.05))
+                assert time.monotonic() < deadline, (tmp_path / "redis.log").read_text()
+                time.sleep(0.05)
         client.close()
         env = {**os.environ, **backend.env(), "REDIS_URL": f"redis://127.0.0.1:{port}/0",
                "TESTBED_NAME": "refused"}
