@@ -19,8 +19,9 @@ bucket's hashes expire together, a TTL after the bucket ends (a mark lives betwe
 The hashes per bucket follow ``peak_rate``, the events/s the handler is sized for; each bucket records the
 count it was written with, so changing the rate never hides a mark. 19 bytes per id at the rate it is
 sized for, 27 at an eighth of it, 161 before (`processor bench --dedup-memory`, a million ids; `processor
-dedup capacity` turns them into memory for a rate and a window). The
-digest's other 4 bytes choose the hash: two ids are confused only if all 16 bytes agree (2^-128).
+dedup capacity` turns them into memory for a rate and a window). The digest's first 4 bytes choose the
+hash: two ids are confused only if they share a hash and their fields agree (2^-96 a pair: about 10^-11
+for a billion ids in one window).
 A claim looks an id up in each of the nine buckets a TTL spans, inside the claim script.
 
 While its batch runs, a worker renews the lease of its claims and stored results every third of the
