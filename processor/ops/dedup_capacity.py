@@ -41,8 +41,13 @@ class Capacity:
         return self.rate * marks.bucket_seconds / marks.hashes_per_bucket
 
     @property
+    def hashtables(self) -> bool:
+        """Past LISTPACK_MAX fields Redis turns a hash into a hashtable."""
+        return self.ids_per_hash > LISTPACK_MAX
+
+    @property
     def bytes_per_id(self) -> float:
-        if self.ids_per_hash > LISTPACK_MAX:
+        if self.hashtables:
             return HASHTABLE_BYTES
         return ENTRY_BYTES + HASH_BYTES / max(self.ids_per_hash, 1.0)
 
@@ -74,6 +79,6 @@ def describe(c: Capacity) -> str:
 
 
 def _model(c: Capacity) -> str:
-    if c.ids_per_hash > LISTPACK_MAX:
+    if c.hashtables:
         return f"hashes of {c.ids_per_hash:.0f} ids are hashtables"
     return f"{ENTRY_BYTES:g} per id + {HASH_BYTES:g} per hash of {c.ids_per_hash:.1f} ids"

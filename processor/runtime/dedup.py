@@ -233,7 +233,7 @@ class DoneMarks:
 
     def args(self) -> list[str | int]:
         """The scripts' first ARGV."""
-        return [f"dd:{self.group}:{self.bucket_seconds}:", self.bucket_seconds]  # short: a key per ~64 ids
+        return [f"dd:{self.group}:{self.bucket_seconds}:", self.bucket_seconds]  # short: one per ~128 ids
 
 # KEYS[i]: one per event; ARGV: token, lease_ms. Extends the claims and stored-results deadlines this batch
 # holds; any other state (done, released, someone else's) is left as it is.
@@ -313,7 +313,6 @@ class Dedup:
         self._owner = owner
         self._batches = itertools.count()
         self._lease_ms = int(lease_seconds * 1000)
-        self._ttl = ttl_seconds
         self.marks = DoneMarks(group, ttl_seconds, peak_rate)
         self._marks_args = self.marks.args()
         self._on_dependency = on_dependency
@@ -373,7 +372,7 @@ class Dedup:
         """Record (event id, encoded outputs) for handlers that succeeded, before marking them done."""
         if results:
             keys = [self.key(event_id) for event_id, _ in results]
-            args: list[bytes | str | int] = [token, self._lease_ms, self._ttl, *(p for _, p in results)]
+            args: list[bytes | str | int] = [token, self._lease_ms, self.marks.ttl_seconds, *(p for _, p in results)]
             await self._call(lambda: self._store(keys=keys, args=args))
 
     async def mark_done(self, event_ids: Sequence[str]) -> None:
@@ -381,7 +380,8 @@ class Dedup:
         if event_ids:
             # One script call: a pipeline of N SETs costs the client N command encodings and replies.
             keys = [self.key(i) for i in event_ids]
-            args = [*self._marks_args, self._ttl, self.marks.hashes_per_bucket, *(digest(i) for i in event_ids)]
+            marks = self.marks
+            args = [*self._marks_args, marks.ttl_seconds, marks.hashes_per_bucket, *(digest(i) for i in event_ids)]
             await self._call(lambda: self._done(keys=keys, args=args))
 
     async def release(self, event_ids: Sequence[str], token: str) -> None:
