@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from processor.runtime.dedup import DONE_BUCKETS, DoneMarks
+from processor.runtime.done_marks import DONE_BUCKETS, DoneMarks
 
 ENTRY_BYTES = 18.3
 HASH_BYTES = 146.0

@@ -22,7 +22,8 @@ from processor.config import Settings
 from processor.errors import ConfigError, DependencyUnavailable
 from processor.kafka.producer import client_config
 from processor.runtime import headers as h
-from processor.runtime.dedup import DoneMarks, forget_call
+from processor.runtime.dedup import forget_call
+from processor.runtime.done_marks import DoneMarks
 from processor.topology.topology import HandlerSpec, Topology
 
 

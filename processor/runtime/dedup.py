@@ -10,19 +10,8 @@ An event in flight has a key per (handler, event id) that walks through these st
     "r|..." --claim after the deadline-->    taken over: another worker produces the stored outputs
     "c|token" --release--> (absent)          the handler failed: the retry copy may claim it again
 
-A done-mark is what dedup keeps for the TTL, for every event, so it is what its memory is made of: at one
-key per event id (``dedup:<group>:<id>`` = ``d`` with a TTL) it was about 150 bytes per id, 270 GB for a
-week at 1 000 events/s into three handlers. Now it is a 12-byte field (of a 16-byte BLAKE2b digest of the
-id) in a small hash: time is cut into eight buckets per TTL, each bucket's marks are spread over enough
-hashes that each keeps Redis's compact listpack encoding (about 128 fields: ``DONE_PER_HASH``), and a
-bucket's hashes expire together, a TTL after the bucket ends (a mark lives between one TTL and 9/8 of it).
-The hashes per bucket follow ``peak_rate``, the events/s the handler is sized for; each bucket records the
-count it was written with, so changing the rate never hides a mark. 19 bytes per id at the rate it is
-sized for, 27 at an eighth of it, 161 before (`processor bench --dedup-memory`, a million ids; `processor
-dedup capacity` turns them into memory for a rate and a window). The digest's first 4 bytes choose the
-hash: two ids are confused only if they share a hash and their fields agree (2^-96 a pair: about 10^-11
-for a billion ids in one window).
-A claim looks an id up in each of the nine buckets a TTL spans, inside the claim script.
+Finished events are remembered as done-marks (processor.runtime.done_marks: their layout, about 19
+bytes per id); a claim looks its id up there, inside the claim script.
 
 While its batch runs, a worker renews the lease of its claims and stored results every third of the
 lease (``Dedup.holding``): a live batch keeps its events however long its handlers take, and a dead
@@ -58,10 +47,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import hashlib
 import itertools
 import logging
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -69,6 +56,8 @@ from typing import TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from processor.runtime.done_marks import DONE_MARKS_LUA, DoneMarks, digest
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -79,42 +68,12 @@ local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 """
 
-# The done-marks (see the module docstring). DONE_ARGS (prefix, bucket_seconds) come first in ARGV; a
-# digest is 16 bytes: the first 4 pick the hash of the bucket, the other 12 are the field.
-_DONE_MARKS = """
-local prefix, bucket_seconds = ARGV[1], tonumber(ARGV[2])
-local current = math.floor(tonumber(now[1]) / bucket_seconds)
-local function hash_of(bucket, n, digest)
-  local b1, b2, b3, b4 = string.byte(digest, 1, 4)
-  return prefix .. bucket .. ':' .. (((b1 * 256 + b2) * 256 + b3) * 256 + b4) % n
-end
-local counts = {}
-local function count(bucket)
-  local n = counts[bucket]
-  if n == nil then
-    n = tonumber(redis.call('GET', prefix .. bucket .. ':n')) or false
-    counts[bucket] = n
-  end
-  return n
-end
-local function is_done(digest)
-  local field = string.sub(digest, 5)
-  for bucket = current, current - 8, -1 do  -- the buckets a TTL spans (DONE_BUCKETS + 1)
-    local n = count(bucket)
-    if n and redis.call('HEXISTS', hash_of(bucket, n, digest), field) == 1 then
-      return true
-    end
-  end
-  return false
-end
-"""
-
 # KEYS[i]: one per event; ARGV: DONE_ARGS, token, lease_ms, then one digest per key. Returns {codes,
 # payload, payload, ...}: one status letter per key (c claimed, d done, s stored, b busy), then the stored
 # outputs of each 's', in order. One string rather than a pair per key: the client parses two replies per
 # batch instead of two per event. Stops at the first busy key (see Dedup.claim): the codes may be fewer
 # than the keys.
-_CLAIM = _NOW_MS + _DONE_MARKS + """
+_CLAIM = _NOW_MS + DONE_MARKS_LUA + """
 local token, lease_ms = ARGV[3], ARGV[4]
 local codes = {}
 local out = {''}
@@ -163,7 +122,7 @@ return #KEYS
 
 # KEYS[i]: one per event; ARGV: DONE_ARGS, ttl_seconds, hashes per bucket, then one digest per key. The
 # bucket's count is set by its first mark; its hashes expire a TTL after the bucket ends.
-_DONE = _NOW_MS + _DONE_MARKS + """
+_DONE = _NOW_MS + DONE_MARKS_LUA + """
 local expire_at = (current + 1) * bucket_seconds + tonumber(ARGV[3])
 redis.call('SET', prefix .. current .. ':n', ARGV[4], 'EXAT', expire_at, 'NX')
 local n = count(current)
@@ -179,7 +138,7 @@ return #KEYS
 
 # KEYS[i]: one per event; ARGV: DONE_ARGS, then one digest per key. Deletes the in-flight key and the
 # done-mark wherever it is.
-_FORGET = _NOW_MS + _DONE_MARKS + """
+_FORGET = _NOW_MS + DONE_MARKS_LUA + """
 for i, key in ipairs(KEYS) do
   local digest = ARGV[2 + i]
   local field = string.sub(digest, 5)
@@ -195,7 +154,7 @@ return #KEYS
 """
 
 # KEYS[1]: one event's key; ARGV: DONE_ARGS, its digest. Its state: the key's value, or 'd' when done.
-_STATE = _NOW_MS + _DONE_MARKS + """
+_STATE = _NOW_MS + DONE_MARKS_LUA + """
 local v = redis.call('GET', KEYS[1])
 if v then
   return v
@@ -206,34 +165,6 @@ end
 return false
 """
 
-DONE_BUCKETS = 8  # per TTL: a done-mark outlives its TTL by at most an eighth of it
-DONE_PER_HASH = 128  # at the peak rate, on average; Redis keeps a hash of up to 512 fields a listpack
-
-
-def digest(event_id: str) -> bytes:
-    """The 16 bytes a done-mark keeps of an event id."""
-    return hashlib.blake2b(event_id.encode(), digest_size=16).digest()
-
-
-@dataclass(frozen=True, slots=True)
-class DoneMarks:
-    """Where one handler's done-marks live, and how they are spread (see the module docstring)."""
-
-    group: str
-    ttl_seconds: int
-    peak_rate: float
-
-    @property
-    def bucket_seconds(self) -> int:
-        return max(1, math.ceil(self.ttl_seconds / DONE_BUCKETS))
-
-    @property
-    def hashes_per_bucket(self) -> int:
-        return max(1, math.ceil(self.peak_rate * self.bucket_seconds / DONE_PER_HASH))
-
-    def args(self) -> list[str | int]:
-        """The scripts' first ARGV."""
-        return [f"dd:{self.group}:{self.bucket_seconds}:", self.bucket_seconds]  # short: one per ~128 ids
 
 # KEYS[i]: one per event; ARGV: token, lease_ms. Extends the claims and stored-results deadlines this batch
 # holds; any other state (done, released, someone else's) is left as it is.

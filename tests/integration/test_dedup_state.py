@@ -14,7 +14,8 @@ import redis
 
 from processor.bench.dedup_memory import measure
 from processor.dev.servers import free_port, redis_binary
-from processor.runtime.dedup import DONE_BUCKETS, Claim, Dedup
+from processor.runtime.dedup import Claim, Dedup
+from processor.runtime.done_marks import DONE_BUCKETS
 from processor.runtime.redis_client import connect
 from tests.conftest import REPO, Backend
 

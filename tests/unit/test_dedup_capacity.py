@@ -11,7 +11,7 @@ from processor.ops.dedup_capacity import (
     Capacity,
     describe,
 )
-from processor.runtime.dedup import DONE_BUCKETS, DONE_PER_HASH, DoneMarks
+from processor.runtime.done_marks import DONE_BUCKETS, DONE_PER_HASH, DoneMarks
 
 WEEK = 7 * 86400
 
