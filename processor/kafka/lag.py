@@ -7,6 +7,14 @@ fetch response's high watermark is right there and on real Kafka. One fetch at t
 both the high watermark and the oldest unprocessed record, whose timestamp is the lag in seconds.
 On Apache Kafka ListOffsets(latest) is right and answers the same number, but the fetch is needed for the
 seconds anyway: asking ListOffsets too would add a request per partition per read and tell nothing new.
+
+The committed offsets come from ``Consumer.committed()`` of a consumer that carries the group's id, never from
+``AdminClient.list_consumer_group_offsets``: librdkafka (2.16.0 here) answers a coordinator error in an
+OffsetFetch response (COORDINATOR_LOAD_IN_PROGRESS, NOT_COORDINATOR: normal on a fresh cluster and for seconds
+after a broker or controller fails over) by asking the handle's consumer group to re-query its coordinator,
+and an AdminClient has no consumer group: the process dies of a SIGSEGV in ``rd_kafka_cgrp_op``. Four fresh
+Apache Kafka clusters in five killed a lag reader that way within its first second. A consumer that only
+assigns and never commits joins no group and moves no offset, so borrowing the group's id is safe.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, ConsumerGroupTopicPartitions, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from processor.config import Settings
@@ -46,10 +54,24 @@ class PartitionLag:
         return max(0.0, now - self.oldest_unprocessed_ms / 1000)
 
 
-def _committed(admin: AdminClient, group: str, tps: list[TopicPartition]) -> dict[tuple[str, int], int]:
-    futures = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, tps)], request_timeout=10)
-    result = futures[group].result()
-    return {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions if tp.error is None}
+_COORDINATOR_MOVING = frozenset({KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                                 KafkaError.COORDINATOR_NOT_AVAILABLE})
+
+
+def _committed(consumer: Consumer, group: str, tps: list[TopicPartition],
+               deadline: float) -> dict[tuple[str, int], int]:
+    # The consumer re-queries the coordinator after one of these errors but does not retry the fetch itself.
+    while True:
+        try:
+            answer = consumer.committed(tps, timeout=max(0.1, deadline - time.monotonic()))
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.code() not in _COORDINATOR_MOVING or time.monotonic() > deadline:
+                raise DependencyUnavailable(f"committed offsets of {group}: {error.str()}") from None
+            time.sleep(0.2)
+            continue
+        # -1001 (OFFSET_INVALID): nothing committed there; PartitionLag reads that as -1.
+        return {(tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else -1) for tp in answer if tp.error is None}
 
 
 def _members(admin: AdminClient, group: str) -> int:
@@ -64,9 +86,8 @@ def read_lag(
     settings: Settings, group: str, topics: Sequence[str], timeout_seconds: float = 10.0
 ) -> list[PartitionLag]:
     """Lag of ``group`` on every partition of ``topics`` (blocking; run it in a thread)."""
-    admin = AdminClient(client_config(settings))
     consumer = Consumer(client_config(settings, **{
-        "group.id": f"processor-lag-reader.{group}", "enable.auto.commit": False,
+        "group.id": group, "enable.auto.commit": False, "enable.auto.offset.store": False,
         "enable.partition.eof": True, "max.partition.fetch.bytes": 16384,
     }))
     try:
@@ -74,8 +95,9 @@ def read_lag(
         tps = [TopicPartition(t, p) for t in topics if t in metadata for p in metadata[t].partitions]
         if not tps:
             return []
-        committed = _committed(admin, group, tps)
-        members = _members(admin, group)
+        committed = _committed(consumer, group, tps, time.monotonic() + timeout_seconds)
+        with AdminClient(client_config(settings)) as admin:  # destroyed here, not by a collector on librdkafka's thread
+            members = _members(admin, group)
         start = [TopicPartition(tp.topic, tp.partition, committed.get((tp.topic, tp.partition), -1)) for tp in tps]
         for tp in start:
             if tp.offset < 0:
