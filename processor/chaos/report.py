@@ -13,7 +13,7 @@ import orjson
 from processor.chaos.alerts import SLO_WINDOW
 from processor.chaos.judge import Outcome
 
-COLUMNS = (("experiment", 22), ("events", 7), ("lost", 5), ("dup effects", 12), ("max lag", 8),
+COLUMNS = (("experiment", 0), ("events", 7), ("lost", 5), ("dup effects", 12), ("max lag", 8),
            ("recovery", 9), ("result", 7), ("alert verdict", 0))
 
 
@@ -27,12 +27,15 @@ def _ms(value: float | None) -> str:
 
 def table(outcomes: Sequence[Outcome]) -> str:
     """experiment, events, lost, duplicated side effects, max lag, recovery time, result, alert verdict."""
-    header = "".join(f"{name:<{width}}" if width else name for name, width in COLUMNS)
+    # The first column as wide as the longest name (broker-rolling-restart ran into its events otherwise).
+    first = max([len(COLUMNS[0][0]), *(len(o.experiment) for o in outcomes)]) + 2
+    widths = (first, *(w for _, w in COLUMNS[1:]))
+    header = "".join(f"{name:<{w}}" if w else name for (name, _), w in zip(COLUMNS, widths, strict=True))
     lines = [header, "-" * max(len(header), 100)]
     for o in outcomes:
         cells = (o.experiment, str(o.events), str(o.lost), str(o.duplicated_effects), f"{o.max_lag_messages:.0f}",
                  _seconds(o.recovery_seconds), "PASS" if o.passed else "FAIL", o.alert if not o.error else o.error)
-        lines.append("".join(f"{c:<{w}}" if w else c for c, (_, w) in zip(cells, COLUMNS, strict=True)))
+        lines.append("".join(f"{c:<{w}}" if w else c for c, w in zip(cells, widths, strict=True)))
     return "\n".join(lines)
 
 

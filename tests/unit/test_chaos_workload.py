@@ -87,6 +87,8 @@ def test_the_report(tmp_path: Path) -> None:
     assert "PASS" in text
     assert "FAIL" in text
     assert "StackError: boom" in text
+    long = Outcome("broker-rolling-restart", "run-3", "h", "restarts", passed=True, events=2400)
+    assert table([good, long]).splitlines()[3].split()[:2] == ["broker-rolling-restart", "2400"]
     doc = markdown([good, bad], {"topology": "topologies.orders", "target": "embedded", "elapsed_seconds": 3})
     assert "1 of 2 passed" in doc
     assert "| 1.0 | inject | SIGKILL worker-1 |" in doc
