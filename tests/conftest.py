@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -66,7 +67,8 @@ def _describe(mode: str) -> str:
             "testcontainers": "apache kafka in testcontainers"}[mode]
 
 
-_STACK: list[DevStack] = []  # the controller's shared stack, stopped at unconfigure
+_STACK: list[tuple[DevStack, Path]] = []  # the controller's shared stack and its directory, stopped at unconfigure
+_FAILED: list[bool] = []  # whether the session failed: then its servers' logs stay for a look
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -76,7 +78,7 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     workdir = Path(tempfile.mkdtemp(prefix="processor-test-kafka-"))
     stack = start(workdir, "kafka", CLUSTER_NODES)
-    _STACK.append(stack)
+    _STACK.append((stack, workdir))
     backend = Backend("kafka", stack.bootstrap_servers, stack.redis_url, stack.replication_factor)
     os.environ[SHARED] = orjson.dumps(asdict(backend)).decode()
 
@@ -86,10 +88,19 @@ def _only_unit_tests(config: pytest.Config) -> bool:
     return bool(args) and all("tests/unit" in a for a in args)
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _FAILED.append(exitstatus != 0)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     while _STACK:
-        _STACK.pop().stop()
+        stack, workdir = _STACK.pop()
+        stack.stop()
         os.environ.pop(SHARED, None)
+        if any(_FAILED):
+            print(f"the shared cluster's logs are kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)  # ~100 MB of broker logs per run otherwise
 
 
 def pytest_report_header(config: pytest.Config) -> str:
