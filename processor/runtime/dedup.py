@@ -142,12 +142,7 @@ _FORGET = _NOW_MS + DONE_MARKS_LUA + """
 for i, key in ipairs(KEYS) do
   local digest = ARGV[2 + i]
   local field = string.sub(digest, 5)
-  for bucket = current, current - 8, -1 do
-    local n = count(bucket)
-    if n then
-      redis.call('HDEL', hash_of(bucket, n, digest), field)
-    end
-  end
+  each_hash(digest, function(hash) redis.call('HDEL', hash, field) end)
   redis.call('DEL', key)
 end
 return #KEYS

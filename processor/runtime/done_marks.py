@@ -21,8 +21,13 @@ import hashlib
 import math
 from dataclasses import dataclass
 
+DONE_BUCKETS = 8  # per TTL: a done-mark outlives its TTL by at most an eighth of it
+DONE_PER_HASH = 128  # at the peak rate, on average; Redis keeps a hash of up to 512 fields a listpack
+
 # Lua the dedup scripts include after their clock (which sets ``now``). DONE_ARGS (prefix, bucket_seconds)
 # come first in ARGV; a digest is 16 bytes: the first 4 pick the hash of the bucket, the other 12 are the field.
+# ``each_hash`` visits the hash a digest would be in, in every bucket a TTL spans (DONE_BUCKETS + 1), newest
+# first, and stops when ``visit`` returns true: the one walk is_done and forgetting both take.
 DONE_MARKS_LUA = """
 local prefix, bucket_seconds = ARGV[1], tonumber(ARGV[2])
 local current = math.floor(tonumber(now[1]) / bucket_seconds)
@@ -39,20 +44,21 @@ local function count(bucket)
   end
   return n
 end
-local function is_done(digest)
-  local field = string.sub(digest, 5)
-  for bucket = current, current - 8, -1 do  -- the buckets a TTL spans (DONE_BUCKETS + 1)
+local function each_hash(digest, visit)
+  for bucket = current, current - DONE_BUCKETS, -1 do
     local n = count(bucket)
-    if n and redis.call('HEXISTS', hash_of(bucket, n, digest), field) == 1 then
+    if n and visit(hash_of(bucket, n, digest)) then
       return true
     end
   end
   return false
 end
-"""
+local function is_done(digest)
+  local field = string.sub(digest, 5)
+  return each_hash(digest, function(hash) return redis.call('HEXISTS', hash, field) == 1 end)
+end
+""".replace("DONE_BUCKETS", str(DONE_BUCKETS))
 
-DONE_BUCKETS = 8  # per TTL: a done-mark outlives its TTL by at most an eighth of it
-DONE_PER_HASH = 128  # at the peak rate, on average; Redis keeps a hash of up to 512 fields a listpack
 
 
 def digest(event_id: str) -> bytes:
