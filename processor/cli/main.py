@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeAlias
 
 from processor.cli.commands import (
     CONNECTION_FLAGS,
@@ -35,6 +36,15 @@ from processor.topology.retry import parse_duration
 from processor.topology.slo import window_seconds
 
 Command = Callable[[argparse.Namespace], int]
+
+
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # what add_subparsers returns
+
+
+def _command_group(commands: Commands, name: str, help: str, description: str) -> Commands:
+    """A command whose own subcommands are its actions (``processor NAME ACTION``)."""
+    group = commands.add_parser(name, help=help, description=description)
+    return group.add_subparsers(dest=f"{name}_command", required=True, metavar="ACTION")
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -106,9 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    dev = commands.add_parser("dev", help="run a broker (Tansu or Apache Kafka) and Redis in the background",
-                              description="Start, stop or inspect a local broker and Redis for development.")
-    dev_commands = dev.add_subparsers(dest="dev_command", required=True, metavar="ACTION")
+    dev_commands = _command_group(commands, "dev", "run a broker (Tansu or Apache Kafka) and Redis in the background",
+                                  "Start, stop or inspect a local broker and Redis for development.")
     state = argparse.ArgumentParser(add_help=False)
     state.add_argument("--state-dir", type=Path, default=Path(".processor"),
                        help="where pids, addresses and logs are kept (default: .processor)")
@@ -150,9 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(worker)
     worker.set_defaults(func=cmd_worker)
 
-    topics = commands.add_parser("topics", help="manage the topics a topology needs",
-                                 description="Manage the topics a topology reads and writes.")
-    topic_commands = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
+    topic_commands = _command_group(commands, "topics", "manage the topics a topology needs",
+                                    "Manage the topics a topology reads and writes.")
     create = topic_commands.add_parser(
         "create", help="create every topic of a topology (idempotent)",
         description="Create the sources, outputs, retry tiers and dead-letter topics of TOPOLOGY that do "
@@ -191,9 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(status)
     status.set_defaults(func=cmd_status)
 
-    slo = commands.add_parser("slo", help="Prometheus rules and a Grafana dashboard from a topology's SLOs",
-                              description="Generate monitoring configuration from the SLOs a topology declares.")
-    slo_commands = slo.add_subparsers(dest="slo_command", required=True, metavar="ACTION")
+    slo_commands = _command_group(commands, "slo", "Prometheus rules and a Grafana dashboard from a topology's SLOs",
+                                  "Generate monitoring configuration from the SLOs a topology declares.")
     rules = slo_commands.add_parser(
         "rules", help="recording rules and multi-window multi-burn-rate alerts",
         description="Print (or write with -o) Prometheus recording rules per SLO, burn-rate alerts (page on "
@@ -215,9 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("-o", "--output", type=Path, help="write to FILE instead of stdout")
     dashboard.set_defaults(func=cmd_slo_dashboard)
 
-    dedup = commands.add_parser("dedup", help="size the Redis that dedup needs",
-                                description="Dedup's memory, from the bytes per id processor bench measures.")
-    dedup_commands = dedup.add_subparsers(dest="dedup_command", required=True, metavar="ACTION")
+    dedup_commands = _command_group(commands, "dedup", "size the Redis that dedup needs",
+                                    "Dedup's memory, from the bytes per id processor bench measures.")
     capacity = dedup_commands.add_parser(
         "capacity", help="the Redis memory a dedup window needs at a rate",
         description="Print the Redis memory the done-marks of RATE events/s per handler need for WINDOW.",
@@ -230,9 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the topology's dedup_peak_rate (default: --rate, a layout sized for it)")
     capacity.set_defaults(func=cmd_dedup_capacity)
 
-    dlq = commands.add_parser("dlq", help="inspect and replay dead-lettered events",
-                              description="Inspect a topology's dead-letter topics and replay entries.")
-    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    dlq_commands = _command_group(commands, "dlq", "inspect and replay dead-lettered events",
+                                  "Inspect a topology's dead-letter topics and replay entries.")
     listing = dlq_commands.add_parser(
         "list", help="show DLQ entries with their reason, attempts and original position",
         description="List the entries of TOPOLOGY's dead-letter topics, oldest first.",
@@ -321,9 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where logs and the embedded servers' files go (default: .processor)")
     bench.set_defaults(func=cmd_bench)
 
-    chaos = commands.add_parser("chaos", help="chaos experiments: faults under load, with a verdict",
-                                description="Run chaos experiments against the processor.")
-    chaos_commands = chaos.add_subparsers(dest="chaos_command", required=True, metavar="ACTION")
+    chaos_commands = _command_group(commands, "chaos", "chaos experiments: faults under load, with a verdict",
+                                    "Run chaos experiments against the processor.")
     chaos_run = chaos_commands.add_parser(
         "run", help="run an experiment, the quick subset or all of them",
         description="Run EXPERIMENT (a name from --list, `quick` for the subset `make test` runs, or `all`), each "
