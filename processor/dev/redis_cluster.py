@@ -13,7 +13,8 @@ from pathlib import Path
 
 import redis
 
-from processor.dev.servers import ServerProcess, StackError, free_port, redis_binary, spawn, stop_all, wait_ready
+from processor.dev.servers import ServerProcess, free_port, redis_binary, spawn, stop_all, wait_ready
+from processor.errors import StackError
 
 NODE_TIMEOUT_MS = 2000  # how long a master may be silent before its replica takes over
 
