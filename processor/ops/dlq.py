@@ -22,7 +22,7 @@ from processor.config import Settings
 from processor.errors import ConfigError, DependencyUnavailable
 from processor.kafka.producer import client_config
 from processor.runtime import headers as h
-from processor.runtime.dedup import forget_call
+from processor.runtime.dedup import forget_calls
 from processor.runtime.done_marks import DoneMarks
 from processor.topology.topology import HandlerSpec, Topology
 
@@ -187,8 +187,10 @@ def _send(
         ids = [e.event_id for e in entries if e.event_id]
         if ids:
             marks = DoneMarks(topology.group(spec.name), topology.dedup_ttl_seconds, topology.dedup_peak_rate)
-            script, keys, args = forget_call(marks, ids)
-            client.register_script(script)(keys=keys, args=args)
+            script, calls = forget_calls(marks, ids)
+            forget = client.register_script(script)
+            for keys, args in calls:
+                forget(keys=keys, args=args)
     producer = Producer(client_config(settings, **{"enable.idempotence": True, "acks": "all"}))
     target = spec.retry_topics[0]
     interval = 1.0 / rate_per_second if rate_per_second else 0.0

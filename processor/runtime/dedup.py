@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import itertools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -191,15 +192,31 @@ return n
 """
 
 
-def dedup_key(group: str, event_id: str) -> str:
-    """The Redis key of one event id in flight in one handler's (consumer group's) dedup space."""
-    return f"dedup:{group}:{event_id}"
+def dedup_key(tag: str, event_id: str) -> str:
+    """The Redis key of one event id in flight in one handler's dedup space (``DoneMarks.tag``: the group,
+    or on Redis Cluster the group and the id's shard)."""
+    return f"dedup:{tag}:{event_id}"
 
 
-def forget_call(marks: DoneMarks, event_ids: Sequence[str]) -> tuple[str, list[str], list[str | int | bytes]]:
-    """(script, keys, args) that delete the dedup state of ``event_ids``, for a client of either kind."""
-    keys = [dedup_key(marks.group, i) for i in event_ids]
-    return _FORGET, keys, [*marks.args(), *(digest(i) for i in event_ids)]
+def by_shard(marks: DoneMarks, event_ids: Sequence[str]) -> list[tuple[int, list[int]]]:
+    """(shard, indexes of ``event_ids`` in it), shards in order: one script call each."""
+    shards: dict[int, list[int]] = {}
+    for index, event_id in enumerate(event_ids):
+        shards.setdefault(marks.shard_of(digest(event_id)), []).append(index)
+    return sorted(shards.items())
+
+
+Call = tuple[list[str], list[str | int | bytes]]  # a script call's keys and args
+
+
+def forget_calls(marks: DoneMarks, event_ids: Sequence[str]) -> tuple[str, list[Call]]:
+    """The script that deletes the dedup state of ``event_ids`` and its (keys, args), one per shard, for a
+    client of either kind."""
+    calls: list[Call] = []
+    for shard, indexes in by_shard(marks, event_ids):
+        ids = [event_ids[i] for i in indexes]
+        calls.append(([dedup_key(marks.tag(shard), i) for i in ids], [*marks.args(shard), *(digest(i) for i in ids)]))
+    return _FORGET, calls
 
 
 class Claim(enum.Enum):
@@ -231,16 +248,15 @@ class Dedup:
         lease_seconds: float,
         ttl_seconds: int,
         peak_rate: float = 100.0,
+        shards: int = 1,
         on_dependency: Callable[[bool], None] = lambda up: None,
         max_backoff_seconds: float = 5.0,
     ) -> None:
         self._redis = client
-        self._group = group
         self._owner = owner
         self._batches = itertools.count()
         self._lease_ms = int(lease_seconds * 1000)
-        self.marks = DoneMarks(group, ttl_seconds, peak_rate)
-        self._marks_args = self.marks.args()
+        self.marks = DoneMarks(group, ttl_seconds, peak_rate, shards)
         self._on_dependency = on_dependency
         self._max_backoff = max_backoff_seconds
         self._claim = client.register_script(_CLAIM)
@@ -256,25 +272,41 @@ class Dedup:
         return f"{self._owner}/{next(self._batches)}"
 
     def key(self, event_id: str) -> str:
-        return dedup_key(self._group, event_id)
+        return dedup_key(self.marks.tag(self.marks.shard_of(digest(event_id))), event_id)
+
+    def _keys(self, shard: int, event_ids: Sequence[str]) -> list[str]:
+        tag = self.marks.tag(shard)
+        return [dedup_key(tag, i) for i in event_ids]
 
     async def claim(self, event_ids: Sequence[str], token: str) -> list[ClaimResult]:
         """Claim every id for the batch ``token``; one result per id, in order.
 
-        Ids are claimed in sorted order, and none after the first busy one (those are reported busy as
-        well): a batch that waits for an id then holds only ids below it, so two batches (on this
-        replica or others) can never each hold an id the other waits for."""
-        if not event_ids:
-            return []
-        ordered = sorted(range(len(event_ids)), key=event_ids.__getitem__)
-        keys = [self.key(event_ids[i]) for i in ordered]
-        args = [*self._marks_args, token, self._lease_ms, *(digest(event_ids[i]) for i in ordered)]
-        raw: list[bytes] = await self._call(lambda: self._claim(keys=keys, args=args))
-        stored = iter(raw[1:])
+        Ids are claimed in (shard, id) order, and none after the first busy one (those are reported busy
+        as well): a batch that waits for an id then holds only ids below it, so two batches (on this
+        replica or others) can never each hold an id the other waits for. One script call per shard, shard
+        after shard: on one Redis that is one call."""
         results = [_BUSY] * len(event_ids)
-        for index, code in zip(ordered, raw[0].decode(), strict=False):  # codes stop at the first busy
-            results[index] = ClaimResult(Claim.STORED, next(stored)) if code == "s" else _RESULTS[code]
+        for shard, indexes in by_shard(self.marks, event_ids):
+            indexes.sort(key=event_ids.__getitem__)
+            ids = [event_ids[i] for i in indexes]
+            keys = self._keys(shard, ids)
+            args = [*self.marks.args(shard), token, self._lease_ms, *(digest(i) for i in ids)]
+            raw: list[bytes] = await self._call(functools.partial(self._claim, keys=keys, args=args))
+            codes = raw[0].decode()
+            stored = iter(raw[1:])
+            for index, code in zip(indexes, codes, strict=False):  # codes stop at the first busy
+                results[index] = ClaimResult(Claim.STORED, next(stored)) if code == "s" else _RESULTS[code]
+            if len(codes) < len(indexes):
+                break  # busy: nothing after it, in this shard or the next
         return results
+
+    async def _each_shard(self, event_ids: Sequence[str],
+                          call: Callable[[int, list[str], list[int]], Awaitable[object]]) -> None:
+        # Shards are independent slots: their calls go at once.
+        shards = by_shard(self.marks, event_ids)
+        await asyncio.gather(*(
+            self._call(functools.partial(call, shard, self._keys(shard, [event_ids[i] for i in ix]), ix))
+            for shard, ix in shards))
 
     @contextlib.asynccontextmanager
     async def holding(self, event_ids: Sequence[str], token: str) -> AsyncIterator[None]:
@@ -289,43 +321,37 @@ class Dedup:
     async def _keep(self, event_ids: Sequence[str], token: str) -> None:
         await asyncio.sleep(self._lease_ms / 3000)
         # Only now: most batches end before their first renewal, and this task with them.
-        keys = [self.key(i) for i in event_ids]
         while True:
-            await self._call(lambda: self._renew(keys=keys, args=[token, self._lease_ms]))
+            await self._each_shard(event_ids, lambda _, keys, __: self._renew(keys=keys, args=[token, self._lease_ms]))
             await asyncio.sleep(self._lease_ms / 3000)
 
     async def store_results(self, results: Sequence[tuple[str, bytes]], token: str) -> None:
         """Record (event id, encoded outputs) for handlers that succeeded, before marking them done."""
-        if results:
-            keys = [self.key(event_id) for event_id, _ in results]
-            args: list[bytes | str | int] = [token, self._lease_ms, self.marks.ttl_seconds, *(p for _, p in results)]
-            await self._call(lambda: self._store(keys=keys, args=args))
+        head: list[bytes | str | int] = [token, self._lease_ms, self.marks.ttl_seconds]
+        await self._each_shard([event_id for event_id, _ in results], lambda _, keys, ix: self._store(
+            keys=keys, args=[*head, *(results[i][1] for i in ix)]))
 
     async def mark_done(self, event_ids: Sequence[str]) -> None:
         """Remember these ids as processed for the TTL; call only after their outputs are acknowledged."""
-        if event_ids:
-            # One script call: a pipeline of N SETs costs the client N command encodings and replies.
-            keys = [self.key(i) for i in event_ids]
-            marks = self.marks
-            args = [*self._marks_args, marks.ttl_seconds, marks.hashes_per_bucket, *(digest(i) for i in event_ids)]
-            await self._call(lambda: self._done(keys=keys, args=args))
+        # One script call (per shard): a pipeline of N SETs costs the client N command encodings and replies.
+        marks = self.marks
+        await self._each_shard(event_ids, lambda shard, keys, ix: self._done(keys=keys, args=[
+            *marks.args(shard), marks.ttl_seconds, marks.hashes_per_bucket, *(digest(event_ids[i]) for i in ix)]))
 
     async def release(self, event_ids: Sequence[str], token: str) -> None:
         """Drop our claims on ids whose handler failed, so their retry copies can claim them."""
-        if event_ids:
-            keys = [self.key(i) for i in event_ids]
-            await self._call(lambda: self._release(keys=keys, args=[token]))
+        await self._each_shard(event_ids, lambda _, keys, __: self._release(keys=keys, args=[token]))
 
     async def forget(self, event_ids: Sequence[str]) -> None:
         """Delete the dedup state of ids: their claims, stored results and done-marks."""
-        if event_ids:
-            _, keys, args = forget_call(self.marks, event_ids)
-            await self._call(lambda: self._forget(keys=keys, args=args))
+        await self._each_shard(event_ids, lambda shard, keys, ix: self._forget(keys=keys, args=[
+            *self.marks.args(shard), *(digest(event_ids[i]) for i in ix)]))
 
     async def state(self, event_id: str) -> bytes | None:
         """One id's state as the module docstring names it (b"d" once done; None: absent), for inspection."""
+        shard = self.marks.shard_of(digest(event_id))
         value = await self._call(lambda: self._state(keys=[self.key(event_id)],
-                                                     args=[*self._marks_args, digest(event_id)]))
+                                                     args=[*self.marks.args(shard), digest(event_id)]))
         assert value is None or isinstance(value, bytes)
         return value
 

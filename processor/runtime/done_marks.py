@@ -73,6 +73,7 @@ class DoneMarks:
     group: str
     ttl_seconds: int
     peak_rate: float
+    shards: int = 1  # on Redis Cluster: hash slots a group's dedup state is spread over (see ``tag``)
 
     @property
     def bucket_seconds(self) -> int:
@@ -80,8 +81,19 @@ class DoneMarks:
 
     @property
     def hashes_per_bucket(self) -> int:
-        return max(1, math.ceil(self.peak_rate * self.bucket_seconds / DONE_PER_HASH))
+        """Per shard."""
+        return max(1, math.ceil(self.peak_rate * self.bucket_seconds / DONE_PER_HASH / self.shards))
 
-    def args(self) -> list[str | int]:
-        """The scripts' first ARGV."""
-        return [f"dd:{self.group}:{self.bucket_seconds}:", self.bucket_seconds]  # short: one per ~128 ids
+    def shard_of(self, event_digest: bytes) -> int:
+        # The fifth byte: the first four choose the hash, so the shards' hashes fill alike.
+        return event_digest[4] % self.shards
+
+    def tag(self, shard: int) -> str:
+        """What names the group (and shard) in every key of that shard. On Redis Cluster a hash tag, so one
+        id's in-flight key and done-mark hashes, and every key of one script call, share a slot; on one Redis
+        the plain group, the layout before shards."""
+        return self.group if self.shards == 1 else f"{{{self.group}:{shard}}}"
+
+    def args(self, shard: int = 0) -> list[str | int]:
+        """The scripts' first ARGV, for the keys of ``shard``."""
+        return [f"dd:{self.tag(shard)}:{self.bucket_seconds}:", self.bucket_seconds]  # short: one per ~128 ids
