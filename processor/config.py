@@ -16,6 +16,7 @@ from processor.errors import ConfigError
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+RedisMode = Literal["single", "cluster"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 TracesExporter = Literal["otlp", "console", "none"]
 TracesSampler = Literal[
@@ -149,6 +150,8 @@ class Settings:
 
     kafka_bootstrap_servers: str = _setting("KAFKA_BOOTSTRAP_SERVERS", _bootstrap, "127.0.0.1:9092")
     redis_url: Secret = _setting("REDIS_URL", _redis_url, Secret("redis://127.0.0.1:6379/0"))
+    # cluster: REDIS_URL names any node of a Redis Cluster, and dedup spreads each group over hash slots.
+    redis_mode: RedisMode = _setting("REDIS_MODE", _choice(get_args(RedisMode), upper=False), "single")
     metrics_port: int = _setting("PROCESSOR_METRICS_PORT", _port, 9100)
     metrics_host: str = _setting("PROCESSOR_METRICS_HOST", _text, "127.0.0.1")
     log_level: LogLevel = _setting("PROCESSOR_LOG_LEVEL", _choice(get_args(LogLevel), upper=True), "INFO")

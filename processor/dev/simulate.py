@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 
 from processor.config import SimulationSettings
 from processor.errors import RetryableError
+from processor.runtime.redis_client import RedisClient
 
 
 class DownstreamError(RetryableError):
@@ -26,7 +27,7 @@ class SimulatedService:
     """One downstream dependency (``inventory``, ``payment-gateway``, ``shipping``)."""
 
     def __init__(
-        self, name: str, client: aioredis.Redis, settings: SimulationSettings | None = None,
+        self, name: str, client: RedisClient, settings: SimulationSettings | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.name = name

@@ -21,7 +21,6 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from processor.config import Settings
@@ -29,6 +28,7 @@ from processor.kafka.lag import PartitionLag, read_lag
 from processor.observability.budget import BudgetTracker
 from processor.observability.burrow import LagEvaluator, Sample, Status, worst
 from processor.observability.metrics import LAG_STATUSES, Metrics
+from processor.runtime.redis_client import RedisClient
 from processor.topology.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class Monitor:
         topology: Topology,
         settings: Settings,
         metrics: Metrics,
-        redis_client: aioredis.Redis,
+        redis_client: RedisClient,
         owner: str,
         latency: Mapping[str, HandlerLatency],
         interval_seconds: float = 5.0,

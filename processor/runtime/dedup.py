@@ -54,11 +54,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from processor.runtime.done_marks import DONE_MARKS_LUA, DoneMarks, digest
+from processor.runtime.redis_client import RedisClient
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -241,7 +241,7 @@ class Dedup:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         *,
         group: str,
         owner: str,

@@ -22,6 +22,9 @@ import math
 from dataclasses import dataclass
 
 DONE_BUCKETS = 8  # per TTL: a done-mark outlives its TTL by at most an eighth of it
+# On Redis Cluster, the hash slots each group's dedup state is spread over: a batch costs up to this many
+# script calls (claims shard after shard), and up to this many masters share one group's load.
+CLUSTER_SHARDS = 16
 DONE_PER_HASH = 128  # at the peak rate, on average; Redis keeps a hash of up to 512 fields a listpack
 
 # Lua the dedup scripts include after their clock (which sets ``now``). DONE_ARGS (prefix, bucket_seconds)

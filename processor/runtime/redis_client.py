@@ -31,25 +31,38 @@ class HiredisPackedConnection(Connection):
         return self._packer.pack(*args)  # type: ignore[no-any-return]
 
 
-def connect(url: str, **options: Any) -> aioredis.Redis:
-    """A client for ``url``; plain ``redis://`` connections pack their commands with hiredis. (TLS and Unix
-    socket URLs choose their own connection class, and keep redis-py's packer.)"""
+RedisClient = aioredis.Redis | aioredis.RedisCluster
+
+
+def connect(url: str, mode: str = "single", **options: Any) -> RedisClient:
+    """A client for ``url``; plain ``redis://`` connections to one Redis pack their commands with hiredis.
+    (TLS and Unix socket URLs choose their own connection class, and keep redis-py's packer; so does the
+    cluster client, which opens its own connections per node.)"""
+    if mode == "cluster":
+        return aioredis.RedisCluster.from_url(url, **options)
     if HIREDIS_AVAILABLE and url.startswith("redis://"):
         options.setdefault("connection_class", HiredisPackedConnection)
     return aioredis.Redis.from_url(url, **options)
 
 
-def refuse_cluster(url: str) -> None:
-    """Raise ConfigError when ``url`` is a Redis Cluster node: the dedup scripts need one keyspace
-    (processor.runtime.dedup). Unreachable is not refused: the worker waits for Redis as it runs."""
+def check_mode(url: str, mode: str) -> None:
+    """Raise ConfigError, in one line, when ``url`` and ``mode`` (REDIS_MODE) cannot work together: a cluster
+    node without REDIS_MODE=cluster (the dedup scripts would fail on keys of other slots), REDIS_MODE=cluster
+    on a plain Redis, or a cluster that does not serve every slot. Unreachable is not refused: the worker
+    waits for Redis as it runs."""
     client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
     try:
-        enabled = client.info("cluster").get("cluster_enabled")
+        enabled = client.info("cluster").get("cluster_enabled") in (1, "1")
+        state = client.cluster("INFO").get("cluster_state") if enabled else None
     except (redis.ConnectionError, redis.TimeoutError, OSError):
         return
     finally:
         client.close()
-    if enabled in (1, "1"):
-        where = urlsplit(url)  # never the password
-        raise ConfigError(f"REDIS_URL {where.hostname}:{where.port or 6379} is a Redis Cluster node: dedup needs "
-                          "one Redis (a primary, with replicas if you like), not a cluster")
+    where = urlsplit(url)  # never the password
+    node = f"REDIS_URL {where.hostname}:{where.port or 6379}"
+    if enabled and mode != "cluster":
+        raise ConfigError(f"{node} is a Redis Cluster node: set REDIS_MODE=cluster")
+    if not enabled and mode == "cluster":
+        raise ConfigError(f"{node} is not a Redis Cluster node: unset REDIS_MODE, or point REDIS_URL at a cluster")
+    if enabled and state != "ok":
+        raise ConfigError(f"{node}: the cluster's state is {state}, not ok: some hash slots have no master")

@@ -15,8 +15,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from processor.config import Settings
 from processor.kafka.faust_app import HandlerApp, run_apps
 from processor.kafka.producer import DeliveringProducer, ensure_topics
@@ -28,6 +26,7 @@ from processor.runtime import heap, redis_client
 from processor.runtime.breaker import Breaker
 from processor.runtime.decode import Decoder, compile_schema
 from processor.runtime.dedup import Dedup
+from processor.runtime.done_marks import CLUSTER_SHARDS
 from processor.runtime.handling import Handling
 from processor.runtime.partitions import PartitionQueues
 from processor.runtime.pipeline import Pipeline
@@ -47,7 +46,7 @@ class Runtime:
     settings: Settings
     metrics: Metrics
     producer: DeliveringProducer
-    redis: aioredis.Redis
+    redis: redis_client.RedisClient
     breakers: dict[str, Breaker]
     dependencies: dict[str, Any]
     owner: str
@@ -71,6 +70,7 @@ def build_handler(topology: Topology, spec: HandlerSpec, runtime: Runtime) -> Ha
         runtime.redis, group=group, owner=runtime.owner,
         lease_seconds=topology.claim_lease_seconds, ttl_seconds=topology.dedup_ttl_seconds,
         peak_rate=topology.dedup_peak_rate,
+        shards=CLUSTER_SHARDS if runtime.settings.redis_mode == "cluster" else 1,
         on_dependency=lambda up: metrics.set_dependency_up("redis", up),
     )
     handling = Handling(scope, breaker=runtime.breakers.get(spec.breaker) if spec.breaker else None,
@@ -114,7 +114,8 @@ class Worker:
         self.runtime = Runtime(
             settings=settings, metrics=self.metrics,
             producer=DeliveringProducer(settings, client_id=f"processor-{topology.name}"),
-            redis=redis_client.connect(settings.redis_url.reveal(), socket_timeout=5, socket_connect_timeout=2),
+            redis=redis_client.connect(settings.redis_url.reveal(), settings.redis_mode, socket_timeout=5,
+                                       socket_connect_timeout=2),
             breakers=breakers, owner=owner,
             dependencies={name: factory(settings) for name, factory in topology.dependencies.items()},
             latency={spec.name: HandlerLatency() for spec in topology.handlers},
@@ -136,7 +137,7 @@ class Worker:
 
     def run(self) -> None:
         """Create the topics (unless told not to), serve /metrics, and run until stopped."""
-        redis_client.refuse_cluster(self.settings.redis_url.reveal())
+        redis_client.check_mode(self.settings.redis_url.reveal(), self.settings.redis_mode)
         if self.create_topics:
             ensure_topics(
                 self.settings, self.topology.topics(),

@@ -4,15 +4,22 @@ the same lifecycle as on one Redis, and an id's state found whichever shard it l
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
-from processor.dev.redis_cluster import start_redis_cluster
-from processor.dev.servers import ServerProcess, stop_all
+from processor.dev.redis_cluster import cluster_ok, start_redis_cluster
+from processor.dev.servers import ServerProcess, free_port, redis_binary, spawn, stop_all, wait_ready
 from processor.runtime.dedup import Claim, Dedup
+from tests.conftest import REPO, Backend
+from tests.support import bed_worker, event, produce, read_topic
 
 SHARDS = 16
 
@@ -50,3 +57,66 @@ def test_the_dedup_lifecycle_on_a_cluster(cluster: list[ServerProcess], unique: 
             await client.aclose()
 
     asyncio.run(run())
+
+
+def test_a_worker_on_the_cluster_processes_each_unique_event_once(
+    cluster: list[ServerProcess], backend: Backend, unique: str, tmp_path: Path,
+) -> None:
+    env = {**backend.env(), "REDIS_URL": f"redis://{cluster[0].address}/0", "REDIS_MODE": "cluster"}
+    worker = bed_worker(env, unique, tmp_path).start()
+    try:
+        worker.wait_assigned(["a"])
+        ids = [f"e{i}" for i in range(200)]
+        records = [event(i, n) for n, i in enumerate(ids)] + [event(ids[i], i) for i in range(0, 200, 5)]
+        produce(backend.bootstrap_servers, f"{unique}.in", records)
+        out = read_topic(backend.bootstrap_servers, f"{unique}.a.out", expect=200, settle=2.0)
+        counts = Counter(m.json()["event_id"] for m in out)
+        assert set(counts) == set(ids)
+        assert max(counts.values()) == 1, counts.most_common(3)
+        metrics = worker.metrics()
+        assert metrics.value("processor_events_total", handler="a", outcome="success") == 200
+        assert metrics.value("processor_events_total", handler="a", outcome="duplicate") == 40
+        client = redis.RedisCluster(host="127.0.0.1", port=cluster[0].port)
+        assert set(client.hgetall(f"sim:{unique}-a:completed").values()) == {b"1"}
+        assert len(client.hgetall(f"sim:{unique}-a:completed")) == 200
+        client.close()
+    finally:
+        worker.stop()
+
+
+@pytest.mark.parametrize(("where", "mode", "says"), [
+    ("lone", "single", "is a Redis Cluster node: set REDIS_MODE=cluster"),
+    ("lone", "cluster", "the cluster's state is fail, not ok"),
+    ("single", "cluster", "is not a Redis Cluster node"),
+])
+def test_the_worker_refuses_a_redis_mode_that_cannot_work(
+    tmp_path: Path, backend: Backend, where: str, mode: str, says: str,
+) -> None:
+    lone = None
+    url = backend.redis_url
+    if where == "lone":  # a cluster node that serves no slot
+        port = free_port()
+        lone = spawn("lone", [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                              "--cluster-enabled", "yes", "--cluster-port", str(free_port()),
+                              "--cluster-config-file", "nodes.conf", "--dir", str(tmp_path)],
+                     port, tmp_path / "redis.log")
+        wait_ready([lone], lambda address: cluster_ok(address) or _pings(address))
+        url = f"redis://{lone.address}/0"
+    try:
+        env = {**os.environ, **backend.env(), "REDIS_URL": url, "REDIS_MODE": mode, "TESTBED_NAME": "refused"}
+        shown = subprocess.run([sys.executable, "-m", "processor", "worker", "tests.topologies.testbed"],
+                               capture_output=True, text=True, timeout=60, cwd=REPO, env=env)
+        assert shown.returncode != 0
+        lines = [line for line in shown.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1, shown.stderr
+        assert says in lines[0]
+    finally:
+        if lone is not None:
+            stop_all([lone])
+
+
+def _pings(address: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(f"redis://{address}/0", socket_connect_timeout=0.5).ping())
+    except redis.RedisError:
+        return False

@@ -1,23 +1,15 @@
 """Dedup's done-marks on a real Redis: their bytes per id, their expiry, and a layout change that must not
-hide them (processor.runtime.dedup); and the worker refusing a Redis Cluster node."""
+hide them (processor.runtime.dedup)."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
-import time
-from pathlib import Path
-
-import redis
 
 from processor.bench.dedup_memory import measure
-from processor.dev.servers import free_port, redis_binary
 from processor.runtime.dedup import Claim, Dedup
 from processor.runtime.done_marks import DONE_BUCKETS
 from processor.runtime.redis_client import connect
-from tests.conftest import REPO, Backend
+from tests.conftest import Backend
 
 TTL = 3600
 
@@ -59,37 +51,3 @@ def test_done_marks_survive_a_new_rate_expire_by_bucket_and_can_be_forgotten(bac
             await client.aclose()
 
     asyncio.run(run())
-
-
-def test_the_worker_refuses_a_redis_cluster_node(tmp_path: Path, backend: Backend) -> None:
-    port = free_port()
-    # The cluster bus defaults to port + 10000, which a free port above 55535 cannot have.
-    server = subprocess.Popen(
-        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--cluster-enabled", "yes", "--cluster-port", str(free_port()),
-         "--cluster-config-file", str(tmp_path / "nodes.conf"), "--dir", str(tmp_path)],
-        stdout=(tmp_path / "redis.log").open("wb"), stderr=subprocess.STDOUT,
-    )
-    try:
-        client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
-        deadline = time.monotonic() + 10
-        while True:
-            assert server.poll() is None, (tmp_path / "redis.log").read_text()
-            try:
-                assert client.info("cluster")["cluster_enabled"] == 1
-                break
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline, (tmp_path / "redis.log").read_text()
-                time.sleep(0.05)
-        client.close()
-        env = {**os.environ, **backend.env(), "REDIS_URL": f"redis://127.0.0.1:{port}/0",
-               "TESTBED_NAME": "refused"}
-        shown = subprocess.run([sys.executable, "-m", "processor", "worker", "tests.topologies.testbed"],
-                               capture_output=True, text=True, timeout=60, cwd=REPO, env=env)
-        assert shown.returncode != 0
-        lines = [line for line in shown.stderr.splitlines() if line.strip()]
-        assert len(lines) == 1, shown.stderr
-        assert f"127.0.0.1:{port} is a Redis Cluster node" in lines[0]
-    finally:
-        server.terminate()
-        server.wait(10)

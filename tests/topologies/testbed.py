@@ -50,7 +50,9 @@ topology = Topology(
 
 
 @topology.dependency("redis")
-def _redis(settings: Settings) -> aioredis.Redis:
+def _redis(settings: Settings) -> aioredis.Redis | aioredis.RedisCluster:
+    if settings.redis_mode == "cluster":
+        return aioredis.RedisCluster.from_url(settings.redis_url.reveal())
     return aioredis.Redis.from_url(settings.redis_url.reveal())
 
 
