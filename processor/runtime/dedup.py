@@ -54,6 +54,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from redis.exceptions import ClusterDownError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -362,7 +363,8 @@ class Dedup:
         while True:
             try:
                 result = await op()
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            # ClusterDown, TryAgain: a Redis Cluster between a master's loss and its replica's promotion.
+            except (RedisConnectionError, RedisTimeoutError, OSError, ClusterDownError, TryAgainError) as exc:
                 if not down:
                     log.warning("redis unreachable, waiting for it: %s", exc)
                     self._on_dependency(False)
