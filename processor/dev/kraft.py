@@ -170,7 +170,8 @@ def _format(cluster: Cluster, node: Node, properties: Path) -> None:
         capture_output=True, text=True, check=False,
     )
     if result.returncode != 0:
-        raise StackError(f"kafka-storage format of node {node.node_id} failed: {result.stderr.strip()[-300:]}")
+        said = (result.stderr.strip() or result.stdout.strip())[-300:]
+        raise StackError(f"kafka-storage format of node {node.node_id} failed (exit {result.returncode}): {said}")
 
 
 def start_node(cluster: Cluster, node: Node, *, throughput: bool = False) -> ServerProcess:
