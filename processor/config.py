@@ -95,6 +95,19 @@ def _positive_int(name: str, raw: str) -> int:
     return int(raw)
 
 
+def _replicas(name: str, raw: str) -> int:
+    if not raw.strip().isdigit() or int(raw) > 5:
+        raise ConfigError(f"{name}: {raw!r} must be a whole number of replicas in 0-5 (0: do not wait)")
+    return int(raw)
+
+
+def _wait_ms(name: str, raw: str) -> int:
+    # Below the worker's Redis socket timeout (5 s, processor.runtime.worker), or the wait reads as Redis down.
+    if not raw.strip().isdigit() or not 1 <= int(raw) <= 4000:
+        raise ConfigError(f"{name}: {raw!r} must be a whole number of ms in 1-4000")
+    return int(raw)
+
+
 def _ratio(name: str, raw: str) -> float:
     try:
         value = float(raw)
@@ -152,6 +165,10 @@ class Settings:
     redis_url: Secret = _setting("REDIS_URL", _redis_url, Secret("redis://127.0.0.1:6379/0"))
     # cluster: REDIS_URL names any node of a Redis Cluster, and dedup spreads each group over hash slots.
     redis_mode: RedisMode = _setting("REDIS_MODE", _choice(get_args(RedisMode), upper=False), "single")
+    # WAIT after each dedup write for this many replicas (at most REDIS_WAIT_TIMEOUT_MS): a master's failover
+    # then loses no claim or done-mark, at a replica round trip per call (processor.runtime.dedup; README).
+    redis_wait_replicas: int = _setting("REDIS_WAIT_REPLICAS", _replicas, 0)
+    redis_wait_timeout_ms: int = _setting("REDIS_WAIT_TIMEOUT_MS", _wait_ms, 1000)
     metrics_port: int = _setting("PROCESSOR_METRICS_PORT", _port, 9100)
     metrics_host: str = _setting("PROCESSOR_METRICS_HOST", _text, "127.0.0.1")
     log_level: LogLevel = _setting("PROCESSOR_LOG_LEVEL", _choice(get_args(LogLevel), upper=True), "INFO")

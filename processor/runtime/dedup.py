@@ -37,9 +37,18 @@ long as Redis keeps the done-marks (the TTL, and a Redis that persists them acro
 duplicate after that is processed again, as is one after the TTL itself changes (the buckets' length
 follows it, and marks are looked up in buckets of the current length only).
 
-The scripts name the in-flight keys they touch but build the done-marks' hash names themselves: fine on
-one Redis (or a primary with replicas), not on Redis Cluster, which wants every key declared and in one
-slot; the worker refuses a cluster URL (processor.runtime.redis_client).
+The scripts name the in-flight keys they touch but build the done-marks' hash names themselves. On Redis
+Cluster (REDIS_MODE=cluster) each group is spread over CLUSTER_SHARDS hash tags, ``{group:shard}``, chosen
+by a byte of the id's digest: an id's in-flight key and every done-mark hash it can be in share its tag, so
+each script call (one per shard of a batch) touches one slot.
+
+Replication is asynchronous, on one primary with replicas as on a cluster: a write acknowledged by a master
+that dies before its replica has it is lost with it. A lost claim lets another worker claim the event while
+its first handler run is still going; a lost stored result or done-mark means a redelivered copy runs the
+handler again. Side effects stay once through ``ctx.idempotency_key``; outputs may repeat (with the same
+event-id header). With ``wait_replicas`` (REDIS_WAIT_REPLICAS) every claim, store and done is followed by
+``WAIT`` on the script's own connection: the call returns once that many replicas have the write (or the
+wait times out, which is logged), which closes the gap at the price of a replica round trip per call.
 """
 
 from __future__ import annotations
@@ -50,11 +59,14 @@ import enum
 import functools
 import itertools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from redis.exceptions import ClusterDownError, TryAgainError
+from redis.asyncio import RedisCluster
+from redis.commands.core import AsyncScript
+from redis.exceptions import ClusterDownError, NoScriptError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -63,6 +75,7 @@ from processor.runtime.redis_client import RedisClient
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_SHORT_WAIT_SECONDS = 10
 
 # The Redis server's clock in ms, for the deadlines below: one clock for every worker, whatever theirs say.
 _NOW_MS = """
@@ -250,6 +263,8 @@ class Dedup:
         ttl_seconds: int,
         peak_rate: float = 100.0,
         shards: int = 1,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
         on_dependency: Callable[[bool], None] = lambda up: None,
         max_backoff_seconds: float = 5.0,
     ) -> None:
@@ -258,6 +273,8 @@ class Dedup:
         self._batches = itertools.count()
         self._lease_ms = int(lease_seconds * 1000)
         self.marks = DoneMarks(group, ttl_seconds, peak_rate, shards)
+        self._wait = (wait_replicas, wait_timeout_ms)
+        self._short_until: dict[str, float] = {}  # per node: no WAIT until then, after one fell short
         self._on_dependency = on_dependency
         self._max_backoff = max_backoff_seconds
         self._claim = client.register_script(_CLAIM)
@@ -292,7 +309,7 @@ class Dedup:
             ids = [event_ids[i] for i in indexes]
             keys = self._keys(shard, ids)
             args = [*self.marks.args(shard), token, self._lease_ms, *(digest(i) for i in ids)]
-            raw: list[bytes] = await self._call(functools.partial(self._claim, keys=keys, args=args))
+            raw: list[bytes] = await self._call(functools.partial(self._write, self._claim, keys, args))
             codes = raw[0].decode()
             stored = iter(raw[1:])
             for index, code in zip(indexes, codes, strict=False):  # codes stop at the first busy
@@ -329,14 +346,14 @@ class Dedup:
     async def store_results(self, results: Sequence[tuple[str, bytes]], token: str) -> None:
         """Record (event id, encoded outputs) for handlers that succeeded, before marking them done."""
         head: list[bytes | str | int] = [token, self._lease_ms, self.marks.ttl_seconds]
-        await self._each_shard([event_id for event_id, _ in results], lambda _, keys, ix: self._store(
-            keys=keys, args=[*head, *(results[i][1] for i in ix)]))
+        await self._each_shard([event_id for event_id, _ in results], lambda _, keys, ix: self._write(
+            self._store, keys, [*head, *(results[i][1] for i in ix)]))
 
     async def mark_done(self, event_ids: Sequence[str]) -> None:
         """Remember these ids as processed for the TTL; call only after their outputs are acknowledged."""
         # One script call (per shard): a pipeline of N SETs costs the client N command encodings and replies.
         marks = self.marks
-        await self._each_shard(event_ids, lambda shard, keys, ix: self._done(keys=keys, args=[
+        await self._each_shard(event_ids, lambda shard, keys, ix: self._write(self._done, keys, [
             *marks.args(shard), marks.ttl_seconds, marks.hashes_per_bucket, *(digest(event_ids[i]) for i in ix)]))
 
     async def release(self, event_ids: Sequence[str], token: str) -> None:
@@ -356,6 +373,41 @@ class Dedup:
         assert value is None or isinstance(value, bytes)
         return value
 
+    async def _write(self, script: AsyncScript, keys: list[str], args: list[str | int | bytes]) -> Any:
+        # Run a script that changes state and, with wait_replicas, WAIT for its replicas: in one pipeline, as
+        # WAIT counts only the writes of its own connection (and a script may not call it).
+        replicas, timeout_ms = self._wait
+        if not replicas:
+            return await script(keys=keys, args=args)
+        route: dict[str, Any] = {}
+        node = ""
+        if isinstance(self._redis, RedisCluster):
+            await self._redis.initialize()  # the slot map, loaded by a client's first command (a no-op after)
+            route["target_nodes"] = self._redis.get_node_from_key(keys[0])
+            node = route["target_nodes"].name
+        if self._short_until.get(node, 0.0) > time.monotonic():
+            return await script(keys=keys, args=args)
+        while True:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+                pipe.execute_command("WAIT", replicas, timeout_ms, **route)
+                result, acked = await pipe.execute(raise_on_error=False)
+            if not isinstance(result, NoScriptError):
+                break
+            # A promoted replica (or a restarted Redis) starts with no scripts: load it there and run again.
+            await self._redis.script_load(script.script)
+        for reply in (result, acked):
+            if isinstance(reply, Exception):
+                raise reply
+        if acked < replicas:
+            # Too few replicas (one lost, or none left after a failover): every write would cost the whole
+            # timeout. Go on without waiting on this node for a while, and say so; the gap is open meanwhile.
+            self._short_until[node] = time.monotonic() + _SHORT_WAIT_SECONDS
+            log.warning("WAIT: %d of %d replicas of Redis %s had a dedup write within %d ms; not waiting for "
+                        "them for %d s (a failover meanwhile may lose writes)",
+                        acked, replicas, node or "master", timeout_ms, _SHORT_WAIT_SECONDS)
+        return result
+
     async def _call(self, op: Callable[[], Awaitable[T]]) -> T:
         # Never give up: an event whose dedup state is unknown must not be processed or dropped.
         delay = 0.05
@@ -363,8 +415,9 @@ class Dedup:
         while True:
             try:
                 result = await op()
-            # ClusterDown, TryAgain: a Redis Cluster between a master's loss and its replica's promotion.
-            except (RedisConnectionError, RedisTimeoutError, OSError, ClusterDownError, TryAgainError) as exc:
+            # ClusterDown, TryAgain, SlotNotCovered: a cluster between a master's loss and its replica's promotion.
+            except (RedisConnectionError, RedisTimeoutError, OSError, ClusterDownError, TryAgainError,
+                    SlotNotCoveredError) as exc:
                 if not down:
                     log.warning("redis unreachable, waiting for it: %s", exc)
                     self._on_dependency(False)

@@ -70,7 +70,8 @@ def build_handler(topology: Topology, spec: HandlerSpec, runtime: Runtime) -> Ha
         runtime.redis, group=group, owner=runtime.owner,
         lease_seconds=topology.claim_lease_seconds, ttl_seconds=topology.dedup_ttl_seconds,
         peak_rate=topology.dedup_peak_rate,
-        shards=CLUSTER_SHARDS if runtime.settings.redis_mode == "cluster" else 1,
+        shards=CLUSTER_SHARDS if settings.redis_mode == "cluster" else 1,
+        wait_replicas=settings.redis_wait_replicas, wait_timeout_ms=settings.redis_wait_timeout_ms,
         on_dependency=lambda up: metrics.set_dependency_up("redis", up),
     )
     handling = Handling(scope, breaker=runtime.breakers.get(spec.breaker) if spec.breaker else None,
