@@ -167,10 +167,11 @@ def measure_traced(label: str, run: Run, log_dir: Path) -> br.Row:
 def run_bench(settings: Settings, options: BenchOptions, backend: str = "external servers",
               progress: Callable[[str], None] = lambda line: None,
               paced_fetch_wait_ms: int | None = None, broker_pid: int | None = None,
-              redis_pid: int | None = None) -> br.Report:
+              redis_pid: int | None = None, worker_env: Mapping[str, str] | None = None) -> br.Report:
     """Fill the source and run every variant against the servers in ``settings``; ``paced_fetch_wait_ms``
     is the latency and retry-path runs' worker fetch wait (None: the settings'), ``broker_pid`` and
-    ``redis_pid`` the embedded broker's and Redis's processes (None: not the bench's own)."""
+    ``redis_pid`` the embedded broker's and Redis's processes (None: not the bench's own); ``worker_env``
+    more environment for our workers."""
     run_id = f"bench-{uuid.uuid4().hex[:8]}"
     log_dir = options.state_dir / "bench" / run_id
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -181,7 +182,8 @@ def run_bench(settings: Settings, options: BenchOptions, backend: str = "externa
     timestamps = fill(settings, source, run_id, options.events, options.payload_bytes)
     run = Run(settings=settings, run_id=run_id, source=source, events=options.events,
               partitions=options.partitions, input_timestamps=timestamps, timeout_seconds=options.timeout_seconds,
-              paced_fetch_wait_ms=paced_fetch_wait_ms, broker_pid=broker_pid, redis_pid=redis_pid)
+              paced_fetch_wait_ms=paced_fetch_wait_ms, broker_pid=broker_pid, redis_pid=redis_pid,
+              worker_env=dict(worker_env or {}))
     rows: list[br.Row] = []
     for key, label in VARIANTS:
         if options.only is not None and key not in options.only:

@@ -38,7 +38,8 @@ def worker_launch(
     env = child_env(run.settings, {
         "PROCESSOR_BENCH_NAME": name, "PROCESSOR_BENCH_SOURCE": source, "PROCESSOR_BENCH_OUTPUT": output,
         "PROCESSOR_BENCH_PARTITIONS": str(run.partitions), "PROCESSOR_BENCH_MARK_FILE": str(mark),
-        "PROCESSOR_METRICS_PORT": str(port), "PROCESSOR_METRICS_HOST": "127.0.0.1", **(extra_env or {}),
+        "PROCESSOR_METRICS_PORT": str(port), "PROCESSOR_METRICS_HOST": "127.0.0.1", **run.worker_env,
+        **(extra_env or {}),
     })
     return Launch(
         key=key, label=label, argv=[sys.executable, "-m", "processor", "worker", "processor.bench.topology"],

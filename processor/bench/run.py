@@ -7,6 +7,7 @@ consuming it, because the embedded broker's ListOffsets(latest) is not the log e
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -172,6 +173,7 @@ class Run:
     # The embedded broker's and Redis's processes, when the bench started them (the latency run samples their CPU).
     broker_pid: int | None = None
     redis_pid: int | None = None
+    worker_env: Mapping[str, str] = dataclasses.field(default_factory=dict)  # more environment for (c)'s workers
 
     @property
     def paced_fetch_wait(self) -> int:
@@ -350,6 +352,7 @@ def child_env(settings: Settings, extra: Mapping[str, str]) -> dict[str, str]:
     env.update({
         "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers, "REDIS_URL": settings.redis_url.reveal(),
         "KAFKA_FETCH_MAX_WAIT_MS": str(settings.kafka_fetch_max_wait_ms), "OTEL_TRACES_EXPORTER": "none",
+        "REDIS_MODE": settings.redis_mode, "REDIS_WAIT_REPLICAS": str(settings.redis_wait_replicas),
     })
     env.update(extra)
     return env

@@ -35,11 +35,13 @@ MARK_FILE = os.environ.get("PROCESSOR_BENCH_MARK_FILE")
 FAIL_FIRST = os.environ.get("PROCESSOR_BENCH_FAIL_FIRST") == "1"
 RUNS_KEY = os.environ.get("PROCESSOR_BENCH_RUNS_KEY")  # processor.bench.guarantee: count each handler run
 RETRY_DELAY = "1s"
+PEAK_RATE = os.environ.get("PROCESSOR_BENCH_DEDUP_PEAK_RATE")  # processor.bench.redis_modes: a sized layout
 
 topology = Topology(
     NAME,
     schemas_dir=Path(__file__).parent / "schemas",
     partitions=int(PARTITIONS) if PARTITIONS else None,
+    dedup_peak_rate=float(PEAK_RATE) if PEAK_RATE else Topology.dedup_peak_rate,
 )
 
 _marked = False

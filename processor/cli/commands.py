@@ -294,6 +294,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         for fill in (1.0, 1 / 8):
             print(report(measure(args.dedup_memory, fill=fill)))
         return 0
+    if args.redis_modes:
+        from processor.bench.redis_modes import measure_redis_modes, render
+
+        options = BenchOptions(events=args.events, partitions=args.partitions, payload_bytes=args.payload_bytes,
+                               state_dir=args.state_dir)
+        rows = measure_redis_modes(options, os.environ, lambda line: print(line, file=sys.stderr, flush=True))
+        print(render(rows, options))
+        return 0 if all(row.events_per_s is not None for row in rows) else 1
     only = None
     if args.only is not None:
         only = frozenset(k.strip() for k in args.only.split(",") if k.strip())

@@ -322,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="instead: Redis used_memory per remembered event id, over IDS ids (e.g. 1000000) "
                        "through claim, stored outputs and done, in a layout sized for them and in one sized for "
                        "8x more (a redis-server of its own)")
+    bench.add_argument("--redis-modes", action="store_true",
+                       help="instead: (c) on one Redis, on a local Redis Cluster (3 masters, 3 replicas) and on "
+                       "that cluster with REDIS_WAIT_REPLICAS=1, on one Kafka node: events/s side by side and "
+                       "Redis memory per event")
     bench.add_argument("--state-dir", type=Path, default=Path(".processor"),
                        help="where logs and the embedded servers' files go (default: .processor)")
     bench.set_defaults(func=cmd_bench)
