@@ -4,6 +4,8 @@ Recording rules, per SLO, one per range (each window of ``slo.burn_windows()`` a
 
 - ``processor_slo:error_ratio:rate<range>``: the share of bad events (or of bad time, for lag) over the range;
 - ``processor_slo:burn_rate:rate<range>``: that ratio divided by the error budget (alert windows only);
+- ``processor_slo:events:increase<range>`` (latency and delivery SLOs, long alert windows): the events counted,
+  which a burn alert needs ``min_events`` of (processor.topology.slo);
 - ``processor_slo:error_budget_remaining:ratio``: 1 - the ratio over the SLO window / the budget;
 - ``processor_slo:lag_over_threshold:bool`` (lag SLOs): 1 while the topology's worst lag is over the threshold.
 
@@ -31,6 +33,7 @@ RUNBOOK_BASE = "https://github.com/processor-dev/processor/blob/main/processor/o
 
 ERROR_RATIO = "processor_slo:error_ratio:rate{range}"
 BURN_RATE = "processor_slo:burn_rate:rate{range}"
+EVENTS = "processor_slo:events:increase{range}"
 BUDGET_REMAINING = "processor_slo:error_budget_remaining:ratio"
 LAG_OVER_THRESHOLD = "processor_slo:lag_over_threshold:bool"
 
@@ -110,7 +113,15 @@ def _slo_group(topology: Topology, slo: SLO) -> dict[str, Any]:
         ratio = _series(ERROR_RATIO.format(range=range_), topology, slo)
         rules.append({"record": BURN_RATE.format(range=range_), "expr": f"{ratio} / {_num(slo.error_budget)}",
                       "labels": _slo_labels(topology, slo)})
+    if _gated(slo):
+        for range_ in dict.fromkeys(pair.long for pair in slo.burn_windows()):
+            rules.append({"record": EVENTS.format(range=range_), "expr": _events(topology, slo, range_),
+                          "labels": _slo_labels(topology, slo)})
     return {"name": f"processor-slo:{slo.label(topology.name)}", "rules": rules}
+
+
+def _gated(slo: SLO) -> bool:
+    return slo.sli != "lag" and slo.min_events > 0
 
 
 def _budget_rules(topology: Topology, slo: SLO) -> list[dict[str, Any]]:
@@ -143,6 +154,14 @@ def _error_ratio(topology: Topology, slo: SLO, range_: str) -> str:
         total = f'sum(rate(processor_events_total{{{events},outcome=~"success|dead_lettered"}}[{range_}]))'
         return f"({bad} or vector(0)) / ({total} > 0)"
     return f"avg_over_time({_series(LAG_OVER_THRESHOLD, topology, slo)}[{range_}])"
+
+
+def _events(topology: Topology, slo: SLO, range_: str) -> str:
+    """The events an events SLI counted over ``range_``: the denominator of its ratio, as a count."""
+    events = _event_matchers(topology, slo)
+    if slo.sli == "latency":
+        return f"sum(increase(processor_processing_seconds_count{{{events}}}[{range_}]))"
+    return f'sum(increase(processor_events_total{{{events},outcome=~"success|dead_lettered"}}[{range_}]))'
 
 
 def _lag_over_threshold(topology: Topology, slo: SLO) -> str:
@@ -194,9 +213,12 @@ def _burn_alerts(topology: Topology, slo: SLO, runbook_base: str) -> list[dict[s
         short = _series(ERROR_RATIO.format(range=pair.short), topology, slo)
         # No `for:`: the long window proves the burn is sustained and the short one that it is still going
         # on (it also resets the alert within minutes of a fix); a `for` would only delay the page.
+        expr = f"{long} > {threshold} and {short} > {threshold}"
+        if _gated(slo):
+            expr += f" and {_series(EVENTS.format(range=pair.long), topology, slo)} >= {slo.min_events}"
         rules.append({
             "alert": alert,
-            "expr": f"{long} > {threshold} and {short} > {threshold}",
+            "expr": expr,
             "labels": {"severity": pair.severity, "slo": slo.label(topology.name), "topology": topology.name,
                        "window": f"{pair.long}/{pair.short}"},
             "annotations": {
@@ -221,6 +243,7 @@ def _burn_description(topology: Topology, slo: SLO, pair: BurnWindow) -> str:
         f"error budget of {_pct(slo.error_budget)}). Both the last {pair.long} and the last {pair.short} burn "
         f"the budget over {_num(pair.factor)}x as fast as the objective allows; at {_num(pair.factor)}x a "
         f"whole {slo.window} budget lasts {_human_duration(slo.window_seconds / pair.factor)}."
+        + (f" (It fires only on {slo.min_events} events or more in the {pair.long} window.)" if _gated(slo) else "")
     )
 
 

@@ -11,6 +11,11 @@ Three kinds of SLI, all read from the worker's own metrics:
 
 Burn-rate alerts follow the SRE Workbook's multi-window pairs for a 30-day SLO, scaled to the SLO's own
 window: page on 1h/5m at 14.4x and 6h/30m at 6x, ticket on 1d/2h at 3x and 3d/6h at 1x.
+
+On little traffic one event decides a ratio: one failure in ten events is a 10% error ratio, a 100x burn of a
+99.9% budget. So a burn-rate alert of an events SLI (latency, delivery) also needs ``min_events`` events in
+its long window (default 100: below it a single event is at least 1% of the window). A lag SLI counts time,
+not events, and has no such gate.
 """
 
 from __future__ import annotations
@@ -78,6 +83,7 @@ class SLO:
     threshold: str | None = None
     handler: str | None = None
     description: str = ""
+    min_events: int = 100  # in a burn alert's long window, for it to fire (0: no gate); see the module docstring
 
     def __post_init__(self) -> None:
         if not re.match(r"^[a-z0-9][a-z0-9_-]*$", self.name):
@@ -85,6 +91,8 @@ class SLO:
         if not 0.0 < self.objective < 1.0:
             raise ConfigError(f"SLO {self.name}: objective {self.objective} must be between 0 and 1, e.g. 0.999")
         window_seconds(self.window)
+        if self.min_events < 0:
+            raise ConfigError(f"SLO {self.name}: min_events {self.min_events} must be 0 (no gate) or more")
         if self.sli in ("latency", "lag") and self.threshold is None:
             raise ConfigError(f"SLO {self.name}: a {self.sli} SLO needs a threshold, e.g. threshold='500ms'")
         if self.sli == "latency" and self.threshold_seconds not in LATENCY_BUCKETS:

@@ -16,6 +16,7 @@ import pytest
 import yaml  # type: ignore[import-untyped, unused-ignore]
 from prometheus_client import generate_latest
 
+from processor.errors import ConfigError
 from processor.observability.metrics import Metrics
 from processor.ops.rules import (
     ALERT_NAMES,
@@ -140,10 +141,30 @@ def test_burn_alerts_follow_the_workbook_pairs() -> None:
     assert all("for" not in a for a in burns), "burn alerts rely on their short window, not on `for`"
     assert burns[0]["expr"] == (
         'processor_slo:error_ratio:rate1h{slo="orders:processing-latency"} > (14.4 * 0.001) and '
-        'processor_slo:error_ratio:rate5m{slo="orders:processing-latency"} > (14.4 * 0.001)'
+        'processor_slo:error_ratio:rate5m{slo="orders:processing-latency"} > (14.4 * 0.001) and '
+        'processor_slo:events:increase1h{slo="orders:processing-latency"} >= 100'
     )
     assert "{{ $value | humanizePercentage }}" in burns[0]["annotations"]["description"]
     assert "99.9%" in burns[0]["annotations"]["description"]
+
+
+def test_the_low_traffic_gate_is_per_slo_and_only_for_event_slis() -> None:
+    topology = synthetic((
+        SLO("fast", sli="latency", objective=0.999, threshold="500ms", min_events=20),
+        SLO("ungated", sli="delivery", objective=0.999, min_events=0),
+        SLO("lagging", sli="lag", objective=0.99, threshold="30s"),
+    ))
+    document = prometheus_rules(topology)
+    exprs = {a["labels"]["slo"]: a["expr"] for a in alerts_of(document) if a["labels"].get("window") == "1h/5m"}
+    assert exprs["shop.eu-1:fast"].endswith(' and processor_slo:events:increase1h{slo="shop.eu-1:fast"} >= 20')
+    assert "events:increase" not in exprs["shop.eu-1:ungated"]
+    assert "events:increase" not in exprs["shop.eu-1:lagging"]  # lag counts time, not events
+    recorded = {(r["record"], r["labels"]["slo"]) for r in rules_of(document) if "record" in r}
+    assert {r for r, slo in recorded if slo == "shop.eu-1:fast" and "events" in r} == {
+        "processor_slo:events:increase1h", "processor_slo:events:increase6h", "processor_slo:events:increase1d",
+        "processor_slo:events:increase3d"}
+    with pytest.raises(ConfigError, match="min_events"):
+        SLO("bad", sli="delivery", objective=0.999, min_events=-1)
 
 
 def test_recording_rules_per_slo_and_range() -> None:
