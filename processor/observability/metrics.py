@@ -86,6 +86,12 @@ class Metrics:
             "Burrow-style evaluation of the group's lag: 1 for the current status, 0 for the others.",
             ["group", "status"], registry=r,
         )
+        self.lag_forecast = Gauge(
+            "processor_lag_forecast_seconds",
+            "At the lag trend of the last minutes: seconds until the group's source lag crosses its lag SLO's "
+            "threshold (until=threshold; 0: over it) or drains (until=drain); +Inf: not heading there.",
+            ["group", "until"], registry=r,
+        )
         self.monitor_last_run = Gauge(
             "processor_monitor_last_run_timestamp_seconds", "When the lag monitor last finished a pass.",
             registry=r,

@@ -27,6 +27,7 @@ from processor.config import Settings
 from processor.kafka.lag import PartitionLag, read_lag
 from processor.observability.budget import BudgetTracker
 from processor.observability.burrow import LagEvaluator, Sample, Status, worst
+from processor.observability.forecast import LagTrend, lag_thresholds
 from processor.observability.metrics import LAG_STATUSES, Metrics
 from processor.runtime.redis_client import RedisClient
 from processor.topology.topology import Topology
@@ -123,6 +124,8 @@ class Monitor:
         self._lead_script = redis_client.register_script(_LEAD)
         self._resign_script = redis_client.register_script(_RESIGN)
         self._evaluator = LagEvaluator(window=window)
+        self._trend = LagTrend()
+        self._thresholds = lag_thresholds(topology)
         self._budget = BudgetTracker(topology, metrics, clock=clock)
         self.leading = False
         self.statuses: dict[str, Status] = {}
@@ -181,10 +184,13 @@ class Monitor:
                 log.warning("cannot read the lag of %s: %s", group, exc)
                 self._set_status(group, "ERR")
                 continue
+            group_lag = 0.0
             for lag in lags:
                 self._export_lag(lag, now)
                 if lag.topic in sources:
-                    worst_lag = max(worst_lag, lag.seconds(now))
+                    group_lag = max(group_lag, lag.seconds(now))
+            worst_lag = max(worst_lag, group_lag)
+            self._export_forecast(group, now, group_lag)
             self._set_status(group, worst([self._evaluator.partition_status(group, lag.topic, lag.partition)
                                            for lag in lags]))
         return worst_lag
@@ -194,6 +200,16 @@ class Monitor:
         self._metrics.lag_messages.labels(*labels).set(lag.messages)
         self._metrics.lag_seconds.labels(*labels).set(lag.seconds(now))
         self._evaluator.add(lag.group, lag.topic, lag.partition, Sample(lag.committed, lag.messages, lag.members))
+
+    def _export_forecast(self, group: str, now: float, lag_seconds: float) -> None:
+        self._trend.add(group, now, lag_seconds)
+        threshold = self._thresholds.get(group)
+        ahead = self._trend.forecast(group, threshold)
+        if ahead is None:
+            return
+        if threshold is not None:
+            self._metrics.lag_forecast.labels(group, "threshold").set(ahead.to_threshold)
+        self._metrics.lag_forecast.labels(group, "drain").set(ahead.to_drain)
 
     def _set_status(self, group: str, status: Status) -> None:
         self.statuses[group] = status
@@ -205,8 +221,10 @@ class Monitor:
         self._metrics.lag_messages.clear()
         self._metrics.lag_seconds.clear()
         self._metrics.lag_status.clear()
+        self._metrics.lag_forecast.clear()
         for group in self.groups:
             self._evaluator.forget(group)
+            self._trend.forget(group)
         self.statuses.clear()
 
     def _export_p99(self, now: float) -> None:

@@ -41,6 +41,8 @@ LAG_OVER_THRESHOLD = "processor_slo:lag_over_threshold:bool"
 # it is evaluated in its own group at this interval instead of at every (5 s) global evaluation.
 BUDGET_INTERVAL = "5m"
 
+FORECAST_HORIZON_SECONDS = 3600  # a lag forecast under this opens a ticket
+
 # One alert name per SLI kind (the runbook differs by kind; the window pair is the `window` label).
 BURN_ALERTS = {
     "latency": "ProcessorLatencyBudgetBurn",
@@ -51,6 +53,7 @@ OPERATIONAL_ALERTS = (
     "ProcessorConsumerLagStop",
     "ProcessorConsumerLagStall",
     "ProcessorConsumerLagWarn",
+    "ProcessorLagForecastBreach",
     "ProcessorLagMonitorStale",
     "ProcessorCircuitOpen",
     "ProcessorDependencyDown",
@@ -281,6 +284,7 @@ def _operational_alerts(topology: Topology, runbook_base: str) -> list[dict[str,
               "Consumer group {{ $labels.group }} is falling behind",
               "The lag monitor has rated {{ $labels.group }} WARN for 10 minutes: it commits, but its lag grew "
               "at every sample. The workers process slower than events arrive."),
+        *_forecast_alerts(topology, alert),
         # Every worker runs the monitor and stamps each pass, so one stale stamp is one stuck worker (the
         # lease moves to another worker within 15 s and lag is still measured): a ticket.
         alert("ProcessorLagMonitorStale", "time() - processor_monitor_last_run_timestamp_seconds > 60", "5m",
@@ -316,6 +320,19 @@ def _operational_alerts(topology: Topology, runbook_base: str) -> list[dict[str,
         "back-off and drop nothing, but they process nothing either until it is back.",
     ))
     return rules
+
+
+def _forecast_alerts(topology: Topology, alert: Callable[..., dict[str, Any]]) -> list[dict[str, Any]]:
+    # Only groups a lag SLO covers have a threshold to forecast. The 10m `for` outlasts a burst's trend.
+    if not any(slo.sli == "lag" for slo in topology.slos):
+        return []
+    forecast = f'processor_lag_forecast_seconds{{{group_matcher(topology)},until="threshold"}}'
+    return [alert(
+        "ProcessorLagForecastBreach", f"min by (group) ({forecast}) < {FORECAST_HORIZON_SECONDS}", "10m", "ticket",
+        "Consumer group {{ $labels.group }} will cross its lag SLO's threshold within the hour",
+        "At the trend of its last 5 minutes, the lag of {{ $labels.group }} crosses the lag SLO's threshold in "
+        "{{ $value | humanizeDuration }} (0: it is over it). The workers fall behind their input.",
+    )]
 
 
 def _stall_for(handlers: list[HandlerSpec]) -> str:

@@ -9,6 +9,7 @@ named in ``Snapshot.missing``.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from processor.config import Settings
 from processor.errors import DependencyUnavailable
 from processor.kafka.lag import PartitionLag, read_lag
 from processor.observability.burrow import LagEvaluator, Sample, worst
+from processor.observability.forecast import LagTrend, lag_thresholds
 from processor.observability.metrics import LAG_STATUSES
 from processor.observability.scrape import Scrape, scrape
 from processor.topology.topology import Topology
@@ -75,6 +77,8 @@ class Snapshot:
     lag_source: str
     lag: list[LagRow] = field(default_factory=list)
     groups: dict[str, str] = field(default_factory=dict)
+    # group -> {"threshold": s, "drain": s}: the monitor's lag forecast (processor.observability.forecast)
+    forecasts: dict[str, dict[str, float]] = field(default_factory=dict)
     handlers: list[HandlerRow] = field(default_factory=list)
     slos: list[SLORow] = field(default_factory=list)
     breakers: dict[str, str] | None = field(default_factory=dict)
@@ -103,7 +107,7 @@ def snapshot(topology: Topology, settings: Settings, metrics_url: str) -> Snapsh
         s = scrape(metrics_url)
     except OSError as exc:
         return without_metrics(topology, metrics_url, str(exc) or type(exc).__name__, *broker_lag(topology, settings))
-    lag, groups, source = _lag(topology, settings, s)
+    lag, groups, source, forecasts = _lag(topology, settings, s)
     handlers = []
     for spec in topology.handlers:
         def count(outcome: str, handler: str = spec.name) -> int:
@@ -124,21 +128,24 @@ def snapshot(topology: Topology, settings: Settings, metrics_url: str) -> Snapsh
         slos.append(SLORow(label, slo.objective, remaining, rates))
     breakers = {dict(k)["breaker"]: BREAKER_STATES[int(v)]
                 for k, v in s.samples.get("processor_circuit_state", {}).items()}
-    return Snapshot(topology.name, time.time(), source, lag, groups, handlers, slos, breakers, metrics_url)
+    return Snapshot(topology.name, time.time(), source, lag, groups, forecasts, handlers, slos, breakers, metrics_url)
 
 
 def without_metrics(topology: Topology, metrics_url: str, error: str, lag: list[LagRow],
-                    groups: dict[str, str]) -> Snapshot:
+                    groups: dict[str, str], forecasts: dict[str, dict[str, float]]) -> Snapshot:
     """The view when no worker's metrics answered: the broker's lag, and None for what only a worker knows."""
     return Snapshot(
-        topology.name, time.time(), "broker", lag, groups,
+        topology.name, time.time(), "broker", lag, groups, forecasts,
         handlers=[HandlerRow(spec.name) for spec in topology.handlers],
         slos=[SLORow(slo.label(topology.name), slo.objective, None, None) for slo in topology.slos],
         breakers=None, metrics_url=metrics_url, metrics_error=error, missing=list(MISSING_WITHOUT_METRICS),
     )
 
 
-def _lag(topology: Topology, settings: Settings, s: Scrape) -> tuple[list[LagRow], dict[str, str], str]:
+Forecasts = dict[str, dict[str, float]]
+
+
+def _lag(topology: Topology, settings: Settings, s: Scrape) -> tuple[list[LagRow], dict[str, str], str, Forecasts]:
     rows = []
     for key, messages in s.samples.get("processor_consumer_lag_messages", {}).items():
         labels = dict(key)
@@ -147,16 +154,24 @@ def _lag(topology: Topology, settings: Settings, s: Scrape) -> tuple[list[LagRow
             rows.append(LagRow(labels["group"], labels["topic"], int(labels["partition"]), int(messages), seconds))
     groups = {dict(k)["group"]: dict(k)["status"] for k, v in s.samples.get("processor_consumer_lag_status", {}).items()
               if v == 1 and dict(k)["group"].startswith(f"{topology.name}.")}
+    forecasts: Forecasts = {}
+    for key, value in s.samples.get("processor_lag_forecast_seconds", {}).items():
+        labels = dict(key)
+        if labels["group"].startswith(f"{topology.name}."):
+            forecasts.setdefault(labels["group"], {})[labels["until"]] = value
     if rows:
-        return sorted(rows, key=lambda r: (r.group, r.topic, r.partition)), groups, "worker metrics"
-    return (*broker_lag(topology, settings), "broker")
+        return sorted(rows, key=lambda r: (r.group, r.topic, r.partition)), groups, "worker metrics", forecasts
+    lag, groups, forecasts = broker_lag(topology, settings)
+    return lag, groups, "broker", forecasts
 
 
 def broker_lag(topology: Topology, settings: Settings, reads: int = BROKER_READS,
-               interval_seconds: float = BROKER_READ_INTERVAL_SECONDS) -> tuple[list[LagRow], dict[str, str]]:
-    """Every group's lag per partition from the broker (the last of ``reads`` reads), and its lag status
-    over those reads, as the monitor rates it."""
+               interval_seconds: float = BROKER_READ_INTERVAL_SECONDS,
+               ) -> tuple[list[LagRow], dict[str, str], Forecasts]:
+    """Every group's lag per partition from the broker (the last of ``reads`` reads), and its lag status and
+    forecast over those reads, as the monitor makes them (a forecast over seconds: only a steep trend shows)."""
     evaluator = LagEvaluator(window=reads, min_samples=reads)
+    trend, thresholds = LagTrend(), lag_thresholds(topology)
     latest: dict[str, list[PartitionLag]] = {}
     for n in range(reads):
         if n:
@@ -170,13 +185,22 @@ def broker_lag(topology: Topology, settings: Settings, reads: int = BROKER_READS
                                             f"{settings.kafka_bootstrap_servers}: {exc}") from None
             for lag in lags:
                 evaluator.add(group, lag.topic, lag.partition, Sample(lag.committed, lag.messages, lag.members))
+            read_at = time.time()
+            trend.add(group, read_at, max((lag.seconds(read_at) for lag in lags if lag.topic == spec.source),
+                                          default=0.0))
             latest[group] = lags
     now = time.time()
     rows = [LagRow(group, lag.topic, lag.partition, lag.messages, lag.seconds(now))
             for group, lags in latest.items() for lag in lags]
     groups: dict[str, str] = {group: worst(evaluator.partition_status(group, lag.topic, lag.partition)
                                            for lag in lags) for group, lags in latest.items()}
-    return sorted(rows, key=lambda r: (r.group, r.topic, r.partition)), groups
+    forecasts: Forecasts = {}
+    for group in latest:
+        ahead = trend.forecast(group, thresholds.get(group))
+        if ahead is not None:
+            forecasts[group] = {"drain": ahead.to_drain, **({"threshold": ahead.to_threshold}
+                                                            if group in thresholds else {})}
+    return sorted(rows, key=lambda r: (r.group, r.topic, r.partition)), groups, forecasts
 
 
 def render(snap: Snapshot) -> Group:
@@ -187,11 +211,12 @@ def render(snap: Snapshot) -> Group:
     for row in snap.lag:
         lag.add_row(row.group, row.topic, str(row.partition), str(row.messages), f"{row.seconds:.1f}")
     status = Table(title="lag status", title_justify="left")
-    status.add_column("group")
-    status.add_column("status")
+    for column in ("group", "status", "to lag SLO threshold", "to drained"):
+        status.add_column(column, justify="left" if column in ("group", "status") else "right")
     for group, value in sorted(snap.groups.items()):
         style = "green" if value == "OK" else "red" if value in LAG_STATUSES[2:] else "yellow"
-        status.add_row(group, f"[{style}]{value}[/]")
+        ahead = snap.forecasts.get(group, {})
+        status.add_row(group, f"[{style}]{value}[/]", _until(ahead.get("threshold")), _until(ahead.get("drain")))
     handlers = Table(title="handlers", title_justify="left")
     for column in ("handler", "success", "duplicate", "retried", "dead-lettered", "invalid", "p99 ms", "p99 e2e ms"):
         handlers.add_column(column, justify="left" if column == "handler" else "right")
@@ -213,6 +238,19 @@ def render(snap: Snapshot) -> Group:
     footer = f"breakers: {breakers}    worst lag status: {worst_status}"
     missing = snap.missing_line()
     return Group(lag, status, handlers, slos, footer, *([f"[yellow]{missing}[/]"] if missing else []))
+
+
+def _until(seconds: float | None) -> str:
+    # None: no forecast yet (or no lag SLO); inf: not heading there.
+    if seconds is None:
+        return "-"
+    if math.isinf(seconds):
+        return "never"
+    if seconds == 0:
+        return "now"
+    if seconds >= 7200:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
 
 
 def _fmt(value: float | None, pattern: str = "{:.1f}") -> str:

@@ -27,7 +27,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from processor import BreakerConfig, Context, Output, Retry, RetryableError, Settings, Topology
+from processor import SLO, BreakerConfig, Context, Output, Retry, RetryableError, Settings, Topology
 from processor.dev.simulate import SimulatedService
 
 NAME = os.environ["TESTBED_NAME"]
@@ -44,6 +44,9 @@ topology = Topology(
     max_event_bytes=int(os.environ.get("TESTBED_MAX_BYTES", "2048")),
     partitions=int(os.environ["TESTBED_PARTITIONS"]) if os.environ.get("TESTBED_PARTITIONS") else None,
     claim_lease_seconds=float(os.environ.get("TESTBED_LEASE_SECONDS", "30")),
+    # A lag SLO with this threshold (e.g. 120s): the monitor then forecasts the crossing of it.
+    slos=(SLO("lag", sli="lag", objective=0.99, threshold=os.environ["TESTBED_LAG_SLO"]),)
+    if os.environ.get("TESTBED_LAG_SLO") else (),
     breakers={"dep": BreakerConfig(failure_rate=0.5, window_calls=10, min_calls=5, open_seconds=2,
                                    half_open_probes=1)} if BREAKER else {},
 )

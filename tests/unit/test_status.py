@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from rich.console import Console
 
 from processor.ops.status import MISSING_WITHOUT_METRICS, LagRow, render, without_metrics
@@ -13,11 +15,18 @@ URL = "http://127.0.0.1:9100/metrics"
 def test_without_metrics_every_worker_field_is_null_and_the_lag_is_kept() -> None:
     orders = load_topology("topologies.orders")
     lag = [LagRow("orders.charge_payment", "orders.order_created", 0, 137, 4.5)]
-    snap = without_metrics(orders, URL, "Connection refused", lag, {"orders.charge_payment": "STOP"})
+    snap = without_metrics(orders, URL, "Connection refused", lag, {"orders.charge_payment": "STOP"},
+                           {"orders.charge_payment": {"threshold": 90.0, "drain": math.inf}})
     doc = snap.as_json()
     assert doc["lag"] == [{"group": "orders.charge_payment", "topic": "orders.order_created", "partition": 0,
                            "messages": 137, "seconds": 4.5}]
     assert doc["groups"] == {"orders.charge_payment": "STOP"}
+    assert doc["forecasts"] == {"orders.charge_payment": {"threshold": 90.0, "drain": math.inf}}
+    console = Console(width=250, record=True)
+    console.print(render(snap))
+    row = next(line for line in console.export_text().splitlines() if "orders.charge_payment" in line
+               and "STOP" in line)
+    assert [cell.strip() for cell in row.split("│")][1:5] == ["orders.charge_payment", "STOP", "90 s", "never"]
     assert [h["handler"] for h in doc["handlers"]] == [h.name for h in orders.handlers]
     assert all(v is None for h in doc["handlers"] for k, v in h.items() if k != "handler")
     assert [(s["slo"], s["budget_remaining"], s["burn_rates"]) for s in doc["slos"]] == [
@@ -33,7 +42,7 @@ def test_without_metrics_every_worker_field_is_null_and_the_lag_is_kept() -> Non
 
 def test_the_view_shows_the_missing_fields_as_dashes_and_says_why() -> None:
     orders = load_topology("topologies.orders")
-    snap = without_metrics(orders, URL, "Connection refused", [], {})
+    snap = without_metrics(orders, URL, "Connection refused", [], {}, {})
     console = Console(width=250, record=True)
     console.print(render(snap))
     text = console.export_text()
