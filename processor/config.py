@@ -169,6 +169,12 @@ class Settings:
     # then loses no claim or done-mark, at a replica round trip per call (processor.runtime.dedup; README).
     redis_wait_replicas: int = _setting("REDIS_WAIT_REPLICAS", _replicas, 0)
     redis_wait_timeout_ms: int = _setting("REDIS_WAIT_TIMEOUT_MS", _wait_ms, 1000)
+    # A partition with records to read and none delivered for this long is stalled, and healed
+    # (processor.runtime.stall).
+    stall_seconds: int = _setting("PROCESSOR_STALL_SECONDS", _positive_int, 30)
+    # Fault injection for tests and the chaos lab: a worker's first partition stops being fetched 5 s after
+    # it is assigned, behind its queues' back; sticky: paused again whenever resumed, until a new assignment.
+    failpoint_stall: str | None = _setting("PROCESSOR_FAILPOINT_STALL", _choice(("once", "sticky"), upper=False))
     metrics_port: int = _setting("PROCESSOR_METRICS_PORT", _port, 9100)
     metrics_host: str = _setting("PROCESSOR_METRICS_HOST", _text, "127.0.0.1")
     log_level: LogLevel = _setting("PROCESSOR_LOG_LEVEL", _choice(get_args(LogLevel), upper=True), "INFO")

@@ -203,6 +203,19 @@ EXPERIMENTS: tuple[Experiment, ...] = (
                 no_dead_letters("charge_payment")),
     ),
     Experiment(
+        "stalled-partition",
+        "each replica's first partition silently stops being fetched (a failpoint pauses it behind its queues' "
+        "back, and again at every resume) while events arrive on it: the worker reports it stalled, seeks it, "
+        "then leaves and rejoins its group, and the partition is consumed again; nothing lost or repeated",
+        WorkerEnv(env={"PROCESSOR_FAILPOINT_STALL": "sticky", "PROCESSOR_STALL_SECONDS": "5"},
+                  text="PROCESSOR_FAILPOINT_STALL=sticky: a partition's fetch stops 5 s after it is assigned"),
+        events=1500, duration=30.0, time_limit=360.0,
+        checks=(seen("a partition was reported stalled", lambda s: s.value("processor_stalled_partitions") > 0),
+                seen("the worker sought it", lambda s: s.value("processor_stall_recoveries_total", action="seek") > 0),
+                seen("the worker rejoined its group",
+                     lambda s: s.value("processor_stall_recoveries_total", action="rejoin") > 0)),
+    ),
+    Experiment(
         "poison-messages",
         "malformed JSON, schema violations, wrong types, unknown fields, binary garbage, null values, missing "
         "ids are dead-lettered with their reason; huge and key-less orders and one event id on two partitions "

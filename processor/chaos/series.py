@@ -38,11 +38,15 @@ def expand(values: Sequence[float | str | None]) -> str:
             out.append(f"{token}x{j - i}" if j - i > 1 and v is None else " ".join([token] * (j - i)))
             i = j
             continue
+        if not math.isfinite(v):  # Inf - Inf is no step: each one is written out (a forecast of "never")
+            out.append(_fmt(v))
+            i += 1
+            continue
         j = i + 1
         step = None
         while j < len(values):
             w = values[j]
-            if w is None or isinstance(w, str):
+            if w is None or isinstance(w, str) or not math.isfinite(w):
                 break
             d = w - values[j - 1]  # type: ignore[operator]
             if step is None:

@@ -124,6 +124,7 @@ class HandlerApp:
         self.app.topics.add(self.app.topic(*topics, value_serializer="raw", key_serializer="raw"))
         self._queues: PartitionQueues[Any] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._stuck: TP | None = None  # the failpoint's partition, paused again whenever resumed (see stall_fetch)
 
     def consume_into(
         self, queues: PartitionQueues[Any], on_assigned: Callable[[int], None], on_rebalanced: Callable[[], None],
@@ -137,6 +138,7 @@ class HandlerApp:
             on_assigned(0)
 
         async def on_partitions_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+            self._stuck = None  # a new assignment fetches every partition afresh
             on_assigned(len(assigned))
             on_rebalanced()
 
@@ -162,6 +164,32 @@ class HandlerApp:
         if next_offset >= 0:
             await self.app.consumer.seek(tp, next_offset)
         self.app.consumer.resume_partitions({tp})
+        if tp == self._stuck:
+            self.app.consumer.pause_partitions({tp})
+
+    def assigned(self) -> list[Any]:
+        """The partitions the group assigns this member now."""
+        return sorted(self.app.consumer.assignment())
+
+    async def rejoin(self) -> None:
+        """Leave the consumer group and join it again: a new assignment, each partition fetched afresh from
+        its committed offset (a member with static membership skips the leave and only rejoins)."""
+        consumer = cast(Any, self.app.consumer)._thread._ensure_consumer()  # aiokafka's, under Faust's
+        coordinator = consumer._coordinator
+        await coordinator._maybe_leave_group()
+        coordinator.request_rejoin()
+
+    def stall_fetch(self, sticky: bool) -> Any:
+        """Failpoint (PROCESSOR_FAILPOINT_STALL, for tests and the chaos lab): pause the fetch of this member's
+        first partition behind its queues' back, as a consumer that silently stops fetching one. ``sticky``:
+        paused again whenever it is resumed, until the next assignment. Returns the partition (None: none)."""
+        assigned = self.assigned()
+        if not assigned:
+            return None
+        tp = assigned[0]
+        self.app.consumer.pause_partitions({tp})
+        self._stuck = tp if sticky else None
+        return tp
 
     def ack(self, tp: Any, records: Sequence[InRecord]) -> None:
         """``records`` of ``tp`` are done: their offsets may be committed."""

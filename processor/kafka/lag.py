@@ -20,7 +20,7 @@ assigns and never commits joins no group and moves no offset, so borrowing the g
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
@@ -130,3 +130,16 @@ def read_lag(
         return out
     finally:
         consumer.close()
+
+
+def records_beyond(settings: Settings, group: str, positions: Mapping[tuple[str, int], int],
+                   timeout_seconds: float = 10.0) -> dict[tuple[str, int], int]:
+    """Of ``positions`` ((topic, partition) -> the next offset a worker expects; -1: none yet), those whose log
+    goes beyond it and beyond the committed offset, each with where to seek it: the committed offset, else
+    the log start (blocking; run it in a thread)."""
+    out: dict[tuple[str, int], int] = {}
+    for lag in read_lag(settings, group, sorted({topic for topic, _ in positions}), timeout_seconds):
+        key = (lag.topic, lag.partition)
+        if key in positions and lag.log_end > max(positions[key], lag.committed, lag.log_start):
+            out[key] = lag.committed if lag.committed >= 0 else lag.log_start
+    return out

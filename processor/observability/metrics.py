@@ -73,6 +73,16 @@ class Metrics:
             ["topology", "handler", "reason"], registry=r,
         )
 
+        self.stalled_partitions = Gauge(
+            "processor_stalled_partitions", "Partitions with records to read and none delivered for "
+            "PROCESSOR_STALL_SECONDS, with nothing of ours holding them (processor.runtime.stall).",
+            ["topology", "handler"], registry=r,
+        )
+        self.stall_recoveries = Counter(
+            "processor_stall_recoveries", "What the worker did to heal a stalled partition: seek (to the "
+            "committed offset, and resume) or rejoin (leave the group and join it again).",
+            ["topology", "handler", "action"], registry=r,
+        )
         self.lag_messages = Gauge(
             "processor_consumer_lag_messages", "Records between the group's committed offset and the log end.",
             ["group", "topic", "partition"], registry=r,

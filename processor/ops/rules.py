@@ -55,6 +55,7 @@ OPERATIONAL_ALERTS = (
     "ProcessorConsumerLagWarn",
     "ProcessorLagForecastBreach",
     "ProcessorLagMonitorStale",
+    "ProcessorPartitionStalled",
     "ProcessorCircuitOpen",
     "ProcessorDependencyDown",
 )
@@ -299,6 +300,15 @@ def _operational_alerts(topology: Topology, runbook_base: str) -> list[dict[str,
               f"scraped; consumer lag of topology {topology.name} is not measured and the lag and SLO alerts "
               "cannot fire."),
     ]
+    # The worker seeks a stalled partition, then rejoins the group: 2m outlasts both (processor.runtime.stall).
+    rules.append(alert(
+        "ProcessorPartitionStalled",
+        f"max by (handler, instance) (processor_stalled_partitions{{topology={promql_string(topology.name)}}}) > 0",
+        "2m", "page", "{{ $labels.instance }} has stalled partitions of handler {{ $labels.handler }} it cannot heal",
+        "{{ $labels.instance }} reports {{ $value }} partitions of handler {{ $labels.handler }} with records to "
+        "read and none delivered, nothing of ours holding them, after seeking them and rejoining the group. "
+        "Their lag grows.",
+    ))
     if topology.breakers:
         breakers = "|".join(regex_literal(b) for b in topology.breakers)
         # max_over_time over 1m: a breaker whose half-open probes keep failing passes through half-open for

@@ -64,6 +64,12 @@ class _Partition:
     held: set[str] = field(default_factory=set)  # why the partition waits (see _FETCHING)
     next_offset: int = -1
     in_flight: asyncio.Future[None] | None = None  # the batch that holds this partition's records
+    last_progress: float = 0.0  # when records were last delivered or acked (processor.runtime.stall)
+
+    @property
+    def busy(self) -> bool:
+        """Ours is the wait: a batch in flight, records queued, or held (breaker, backpressure, not due)."""
+        return self.in_flight is not None or bool(self.queue) or bool(self.held)
 
 
 # One partition's part of a batch: its key, its state, its records in offset order.
@@ -118,6 +124,8 @@ class PartitionQueues(Generic[TP]):
                 continue  # delivered again after a seek; the first copy is queued (or done) already
             part.next_offset = record.offset + 1
             queue.append(record)
+        if records:
+            part.last_progress = self._clock()
         if self._scheduler is None and not self._stopping:
             self._scheduler = asyncio.get_running_loop().create_task(self._schedule(), name="partition-queues")
         # Woken, not run: the consumer puts every partition of a fetch before the loop turns, and the
@@ -159,6 +167,10 @@ class PartitionQueues(Generic[TP]):
     def resume_all(self, reason: str) -> None:
         for tp, part in self._partitions.items():
             self._release(tp, part, reason)
+
+    def progress(self, tp: TP) -> _Partition | None:
+        """One partition's state, for the stalled-partition watch (None: nothing delivered since assigned)."""
+        return self._partitions.get(tp)
 
     def held(self, reason: str) -> int:
         return sum(1 for p in self._partitions.values() if reason in p.held)
@@ -238,6 +250,7 @@ class PartitionQueues(Generic[TP]):
                     # committed past records it has not run (Faust commits the first run of acked offsets
                     # it finds).
                     self._ack(tp, batch)
+                    part.last_progress = self._clock()
             if per_record is not None:
                 average = self._per_record
                 self._per_record = per_record if average is None else 0.7 * average + 0.3 * per_record

@@ -11,11 +11,14 @@ import gc
 import logging
 import os
 import socket
+import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from processor.config import Settings
+from processor.kafka import lag
 from processor.kafka.faust_app import HandlerApp, run_apps
 from processor.kafka.producer import DeliveringProducer, ensure_topics
 from processor.observability import loop_lag
@@ -31,6 +34,7 @@ from processor.runtime.handling import Handling
 from processor.runtime.partitions import PartitionQueues
 from processor.runtime.pipeline import Pipeline
 from processor.runtime.scope import HandlerScope
+from processor.runtime.stall import StallWatch
 from processor.topology.topology import HandlerSpec, Topology
 
 log = logging.getLogger(__name__)
@@ -88,10 +92,36 @@ def build_handler(topology: Topology, spec: HandlerSpec, runtime: Runtime) -> Ha
         min_batch=spec.concurrency,
     )
     handling.pause_with(queues)  # an open breaker holds every partition of the handler
+    app.task(_stall_watch(app, queues, group, runtime.settings, metrics, topology.name, spec.name).run_forever)
     app.on_stop(lambda: queues.drain(spec.timeout_seconds + 5))
     app.consume_into(queues, on_assigned=metrics.assigned_partitions.labels(topology.name, spec.name).set,
                      on_rebalanced=metrics.rebalances.labels(topology.name, spec.name).inc)
     return app
+
+
+def _stall_watch(app: HandlerApp, queues: PartitionQueues[Any], group: str, settings: Settings, metrics: Metrics,
+                 topology: str, handler: str) -> StallWatch[Any]:
+    async def records_beyond(tps: Sequence[Any]) -> dict[Any, int]:
+        positions = {(tp.topic, tp.partition): getattr(queues.progress(tp), "next_offset", -1) for tp in tps}
+        beyond = await asyncio.to_thread(lag.records_beyond, settings, group, positions)
+        return {tp: beyond[(tp.topic, tp.partition)] for tp in tps if (tp.topic, tp.partition) in beyond}
+
+    recoveries = metrics.stall_recoveries
+    return StallWatch(
+        assigned=app.assigned, progress=queues.progress, records_beyond=records_beyond, seek=app.resume,
+        rejoin=app.rejoin, on_change=metrics.stalled_partitions.labels(topology, handler).set,
+        on_recovery=lambda action: recoveries.labels(topology, handler, action).inc(), clock=time.time,
+        stall_seconds=settings.stall_seconds,
+    )
+
+
+async def _failpoint_stall(app: HandlerApp, sticky: bool) -> None:
+    # PROCESSOR_FAILPOINT_STALL (processor.config): a fault for the stalled-partition tests and chaos lab.
+    while not app.assigned():  # noqa: ASYNC110 (the assignment sets no event we could wait on)
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(5)
+    log.warning("failpoint PROCESSOR_FAILPOINT_STALL: the fetch of %s stops (%s)", app.stall_fetch(sticky),
+                "sticky" if sticky else "once")
 
 
 class Worker:
@@ -130,6 +160,9 @@ class Worker:
         # state of the consumer groups it measures.
         self.apps[0].every(self.monitor.interval_seconds, self.monitor.tick)
         self.apps[0].every(heap.TRIM_INTERVAL_SECONDS, _trim_heap)
+        if settings.failpoint_stall is not None:
+            sticky = settings.failpoint_stall == "sticky"
+            self.apps[0].task(lambda: _failpoint_stall(self.apps[0], sticky))
         self.apps[0].task(self._watch_loop_lag)
         self.apps[0].on_stop(self.monitor.resign)
 

@@ -4,6 +4,7 @@ markers, aftermath, timestamps), the shrunk SLO windows, and one whole check thr
 from __future__ import annotations
 
 import itertools
+import math
 import shutil
 from pathlib import Path
 
@@ -37,6 +38,9 @@ def test_expand_writes_runs_missing_and_stale() -> None:
     assert expand([None, None, 7]) == "_x2 7"
     assert expand([1, "stale"]) == "1 stale"
     assert expand([0.5]) == "0.5"
+    # A run of Inf has no step (Inf - Inf is NaN): each is written out, and the run after it starts afresh.
+    assert expand([math.inf, math.inf, 3, 3]) == "Inf Inf 3+0x1"
+    assert expand([1, 2, math.inf]) == "1+1x1 Inf"
 
 
 def test_expand_compresses_a_float_ramp_exactly_enough() -> None:
