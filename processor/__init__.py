@@ -15,6 +15,7 @@ from processor.errors import (
     StackError,
 )
 from processor.runtime.breaker import BreakerConfig, BreakerState
+from processor.topology.policy import BudgetPolicy, Defer, LowerConcurrency, StretchBackoff
 from processor.topology.retry import Retry
 from processor.topology.slo import SLO
 from processor.topology.topology import Context, HandlerSpec, Output, Topology, load_topology
@@ -23,13 +24,16 @@ __all__ = [
     "SLO",
     "BreakerConfig",
     "BreakerState",
+    "BudgetPolicy",
     "ConfigError",
     "Context",
+    "Defer",
     "DependencyUnavailable",
     "FatalError",
     "HandlerError",
     "HandlerSpec",
     "InvalidEvent",
+    "LowerConcurrency",
     "Output",
     "ProcessorError",
     "Retry",
@@ -37,6 +41,7 @@ __all__ = [
     "Secret",
     "Settings",
     "StackError",
+    "StretchBackoff",
     "Topology",
     "load_topology",
 ]

@@ -13,30 +13,17 @@ with one did not finish.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 from processor.bench.latency import paced_worker, produce_paced
 from processor.bench.proc import rss_kb
 from processor.bench.report import PIPELINE, SoakResult, percentile
 from processor.bench.run import Run
+from processor.observability.forecast import least_squares_slope
 
 SAMPLE_SECONDS = 5.0
 WARM_UP = 0.2  # of the run, left out of the slope
 KEEP_EVERY = 100  # e2e from every 100th output: plenty for a p99, little memory over millions of events
-
-
-def least_squares_slope(points: Sequence[tuple[float, float]]) -> float | None:
-    """The slope of the least-squares line through ``points`` (x, y); None for fewer than two x values."""
-    if len(points) < 2:
-        return None
-    n = len(points)
-    mean_x = sum(x for x, _ in points) / n
-    mean_y = sum(y for _, y in points) / n
-    spread = sum((x - mean_x) ** 2 for x, _ in points)
-    if spread == 0:
-        return None
-    return sum((x - mean_x) * (y - mean_y) for x, y in points) / spread
 
 
 def run_soak(run: Run, log_dir: Path, *, seconds: float, rate: float, payload_bytes: int) -> SoakResult:

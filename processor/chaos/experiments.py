@@ -79,6 +79,24 @@ def slower_during_fault(at_least_ms: float) -> Check:
     return check
 
 
+def acted_then_undone(action: str) -> Check:
+    """A check that a budget policy's ``action`` came into force on a worker and was undone by its last scrape."""
+
+    def check(obs: Observed) -> CheckResult:
+        def active(s: Scrape) -> bool:
+            return s.value("processor_budget_policy_active", action=action) > 0
+
+        at = ever(obs.workers(), active)
+        last = [s.samples[-1].scrape for s in obs.workers() if s.samples and not s.killed]
+        undone = bool(last) and not any(active(scrape) for scrape in last)
+        detail = "never acted" if at is None else (
+            f"acted {at - obs.started_at:.1f}s after the first scrape; "
+            + ("undone by the end" if undone else "still in force at the end"))
+        return CheckResult(f"the budget policy's {action} acted and was undone", at is not None and undone, detail)
+
+    return check
+
+
 def joined(name: str) -> Check:
     def check(obs: Observed) -> CheckResult:
         held = max((x.scrape.value("processor_assigned_partitions") for s in obs.workers() if s.name == name
@@ -201,6 +219,18 @@ EXPERIMENTS: tuple[Experiment, ...] = (
                 seen("partitions paused by the breaker", lambda s: s.value(
                     "processor_paused_partitions", handler="charge_payment", reason="breaker") > 0),
                 no_dead_letters("charge_payment")),
+    ),
+    Experiment(
+        "budget-policy",
+        "the payment gateway answers in 600 ms: the latency SLO burns and pages, and the budget policy of "
+        "topologies.orders_guarded acts (retries 4x later, charge_payment at 4 calls at once, notify_shipping "
+        "deferred); a minute after the slow calls end it is undone and notify_shipping catches up; nothing lost",
+        WorkerEnv(env={"PROCESSOR_SIM_PAYMENT_GATEWAY_LATENCY_MS": "600"}, text="payment gateway latency 600 ms"),
+        topology="topologies.orders_guarded", events=1000, duration=10.0, drain_seconds=180.0, time_limit=480.0,
+        pages=frozenset({LATENCY_BURN}),
+        checks=(seen("notify_shipping deferred by the policy", lambda s: s.value(
+                    "processor_paused_partitions", handler="notify_shipping", reason="budget") > 0),
+                acted_then_undone("defer:notify_shipping"), acted_then_undone("stretch_backoff")),
     ),
     Experiment(
         "stalled-partition",

@@ -78,4 +78,5 @@ class Experiment:
     drain_seconds: float = 60.0  # after the workload: how long every input may take to be accounted for
     time_limit: float = 300.0  # the whole experiment, start-up to verdict
     quick: bool = False  # in the bounded subset `make test` runs
+    topology: str | None = None  # the workers' topology module; None: the run's (--topology)
     notes: tuple[str, ...] = field(default=())

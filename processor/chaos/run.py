@@ -61,7 +61,7 @@ def run_experiment(exp: Experiment, options: RunOptions) -> Outcome:
     timeline = Timeline()
     deadline = started + exp.time_limit
     try:
-        topology = load_topology(options.topology)
+        topology = load_topology(exp.topology or options.topology)
         observed = _execute(exp, options, topology, run_id, workdir, timeline, deadline)
     except Exception as exc:  # any failure is this experiment's verdict, not the end of the whole run
         return failed(exp, run_id, f"{type(exc).__name__}: {exc}", timeline.snapshot(), workdir,
@@ -132,7 +132,7 @@ def _execute(exp: Experiment, options: RunOptions, topology: Topology, run_id: s
             _take_large_records(settings, source)
         partitions = _partitions(settings, topology)
         env = {**endpoints.env(), **exp.worker_env, **exp.fault.worker_env}
-        fleet = Fleet(options.topology, env, workdir, options.cwd)
+        fleet = Fleet(exp.topology or options.topology, env, workdir, options.cwd)
         recorder = Recorder(fleet)
         topics = [t for h in topology.handlers for t in (*h.outputs, *h.retry_topics, h.dlq_topic)]
         reader = TopicReader(client_config(settings), dict.fromkeys(topics))

@@ -13,6 +13,7 @@ from processor.chaos.record import Series
 
 COUNTER_SUFFIXES = ("_total", "_count", "_bucket")
 BUCKET_SUFFIX = "_bucket"
+LAG_FORECAST = "processor_lag_forecast_seconds"
 GOOD_OUTCOME = "success"  # of processor_events_total's ``outcome``: the only one the history has
 
 
@@ -169,6 +170,10 @@ def _values(series: Series, by_step: dict[int, dict[str, dict[Key, float]]], nam
             values[step] = "stale"  # gone from the scrape: Prometheus marks it stale
             last = None
     if last is not None and series.ended_at is None:
+        # A lag forecast is a trend, not a level: held, its last value would forecast the same crossing for
+        # the whole aftermath. The run ends with the lag back at 0 (checked), and caught up is "never".
+        if name == LAG_FORECAST and dict(key).get("until") == "threshold":
+            last = math.inf
         for k, step in enumerate(range(last_step + 1, clock.steps), start=1):
             values[step] = last + k if rebase else last
     elif last is not None and last_step + 1 < clock.steps:

@@ -101,6 +101,14 @@ class BudgetTracker:
         for window in sorted(windows, key=window_seconds):
             self._metrics.slo_burn_rate.labels(label, window).set(self._burn(slo, history, window_seconds(window)))
 
+    def burn(self, slo: SLO, seconds: float) -> tuple[float, float]:
+        """This worker's burn rate of ``slo`` over the last ``seconds``, and the events (or seconds) it
+        counted there."""
+        history = self._histories[slo.name]
+        t, _, total = history.samples[-1]
+        start = next((s for s in reversed(history.samples) if s[0] <= t - seconds), history.samples[0])
+        return self._burn(slo, history, seconds), total - start[2]
+
     def _burn(self, slo: SLO, history: _History, seconds: float) -> float:
         t, bad, total = history.samples[-1]
         start = history.samples[0]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from processor.topology.topology import Topology
@@ -20,12 +21,13 @@ from processor.topology.topology import Topology
 MIN_SAMPLES = 3
 INF = math.inf
 WINDOW_SECONDS = 300.0
+RECENT_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
 class Forecast:
     """Seconds until the lag crosses ``threshold`` (INF when it does not head there, 0 when over it already),
-    and until it drains to 0 (INF unless it shrinks); ``slope`` is seconds of lag per second."""
+    and until it drains to 0 (INF unless it shrinks); ``slope`` is seconds of lag per second, lately."""
 
     lag_seconds: float
     slope: float
@@ -35,25 +37,42 @@ class Forecast:
 
 def forecast(samples: list[tuple[float, float]], threshold: float | None) -> Forecast | None:
     """The forecast of (time, lag seconds) samples, oldest first; None with fewer than MIN_SAMPLES or no
-    time between them. ``threshold`` None: no lag SLO covers the group, only the drain is forecast."""
-    if len(samples) < MIN_SAMPLES:
+    time between them. ``threshold`` None: no lag SLO covers the group, only the drain is forecast.
+
+    A crossing is forecast only while the lag grows over the whole window and over its last
+    ``RECENT_SECONDS`` too, at the slower of the two rates: the tail of a burst that has drained (up
+    over the window, flat or down lately) forecasts nothing. A lag of 0 is caught up: nothing to cross."""
+    overall = _slope(samples)
+    if overall is None:
         return None
-    n = len(samples)
-    mean_t = sum(t for t, _ in samples) / n
-    mean_v = sum(v for _, v in samples) / n
-    spread = sum((t - mean_t) ** 2 for t, _ in samples)
-    if spread == 0:
-        return None
-    slope = sum((t - mean_t) * (v - mean_v) for t, v in samples) / spread
+    recent = _slope([s for s in samples if s[0] >= samples[-1][0] - RECENT_SECONDS])
+    lately = overall if recent is None else recent
     lag = samples[-1][1]
     to_threshold = INF
     if threshold is not None:
         if lag >= threshold:
             to_threshold = 0.0
-        elif slope > 0:
-            to_threshold = (threshold - lag) / slope
-    to_drain = lag / -slope if slope < 0 and lag > 0 else (0.0 if lag == 0 else INF)
-    return Forecast(lag, slope, to_threshold, to_drain)
+        elif lag > 0 and overall > 0 and lately > 0:
+            to_threshold = (threshold - lag) / min(overall, lately)
+    to_drain = 0.0 if lag == 0 else (lag / -lately if lately < 0 else INF)
+    return Forecast(lag, lately, to_threshold, to_drain)
+
+
+def _slope(samples: list[tuple[float, float]]) -> float | None:
+    return least_squares_slope(samples) if len(samples) >= MIN_SAMPLES else None
+
+
+def least_squares_slope(points: Sequence[tuple[float, float]]) -> float | None:
+    """The slope of the least-squares line through ``points`` (x, y); None for fewer than two x values."""
+    if len(points) < 2:
+        return None
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    spread = sum((x - mean_x) ** 2 for x, _ in points)
+    if spread == 0:
+        return None
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / spread
 
 
 def lag_thresholds(topology: Topology) -> dict[str, float]:

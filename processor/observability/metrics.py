@@ -83,6 +83,10 @@ class Metrics:
             "committed offset, and resume) or rejoin (leave the group and join it again).",
             ["topology", "handler", "action"], registry=r,
         )
+        self.budget_policy_active = Gauge(
+            "processor_budget_policy_active", "1 while a BudgetPolicy's action is in force in this worker.",
+            ["topology", "slo", "action"], registry=r,
+        )
         self.lag_messages = Gauge(
             "processor_consumer_lag_messages", "Records between the group's committed offset and the log end.",
             ["group", "topic", "partition"], registry=r,

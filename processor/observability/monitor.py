@@ -131,6 +131,11 @@ class Monitor:
         self.statuses: dict[str, Status] = {}
 
     @property
+    def budget(self) -> BudgetTracker:
+        """This worker's error budgets and burn rates, updated every pass (budget policies read them)."""
+        return self._budget
+
+    @property
     def groups(self) -> dict[str, list[str]]:
         """Consumer group -> the topics it consumes."""
         return {self.topology.group(h.name): [h.source, *h.retry_topics] for h in self.topology.handlers}

@@ -67,14 +67,15 @@ class Handling:
     async def _run_partition(self, works: list[Work]) -> None:
         """Run the handler over one partition's ``works``: events with the same key in offset order, and up
         to ``spec.concurrency`` keys at once (one at a time when concurrency is 1)."""
-        if self._spec.concurrency == 1:
+        concurrency = min(self._spec.concurrency, self._scope.levers.concurrency or self._spec.concurrency)
+        if concurrency == 1:
             await self._run_chain(works)
             return
         chains: dict[object, list[Work]] = {}
         for work in works:
             # Unkeyed events promise no order: each is a chain of its own.
             chains.setdefault(work.record.key if work.record.key is not None else id(work), []).append(work)
-        slots = asyncio.Semaphore(self._spec.concurrency)
+        slots = asyncio.Semaphore(concurrency)
 
         async def run_chain(chain: list[Work]) -> None:
             async with slots:

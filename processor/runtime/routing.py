@@ -43,7 +43,8 @@ class Router:
         log.warning("attempt %d failed (%s: %s); retrying in tier %s", attempts, type(exc).__name__, exc,
                     names[tier], extra={"event": redact(event, self._scope.redact)})
         now_ms = int(self._scope.clock() * 1000)
-        due_ms = now_ms + int(self._spec.retry.delay_seconds(tier) * 1000)
+        # A budget policy may stretch the delay while a budget burns (processor.runtime.budget_policy).
+        due_ms = now_ms + int(self._spec.retry.delay_seconds(tier) * self._scope.levers.backoff_factor * 1000)
         headers = self._failure_headers(record, event_id, exc, attempts, "retry", due_ms)
         self._metrics.record_retry(*self._labels, names[tier], type(exc).__name__)
         self._metrics.record_outcome(*self._labels, "retried")

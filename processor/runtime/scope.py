@@ -15,6 +15,15 @@ from processor.runtime.records import InRecord
 from processor.topology.topology import HandlerSpec
 
 
+@dataclass
+class Levers:
+    """What a budget policy turns while it acts (processor.runtime.budget_policy); read by the retry route
+    and the handler step, set only by the policy."""
+
+    backoff_factor: float = 1.0
+    concurrency: int | None = None  # None: the handler's own
+
+
 @dataclass(frozen=True)
 class HandlerScope:
     """One handler's identity and the instruments every step of its pipeline shares."""
@@ -26,6 +35,7 @@ class HandlerScope:
     tracing: Tracing = field(default_factory=lambda: Tracing(None))
     redact: tuple[str, ...] = ()  # event fields masked in log lines
     clock: Callable[[], float] = time.time
+    levers: Levers = field(default_factory=Levers)
 
     @property
     def labels(self) -> tuple[str, str]:

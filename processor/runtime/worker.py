@@ -14,7 +14,7 @@ import socket
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from processor.config import Settings
@@ -27,13 +27,14 @@ from processor.observability.monitor import HandlerLatency, Monitor
 from processor.observability.tracing import Tracing, build_tracing
 from processor.runtime import heap, redis_client
 from processor.runtime.breaker import Breaker
+from processor.runtime.budget_policy import BudgetGovernor
 from processor.runtime.decode import Decoder, compile_schema
 from processor.runtime.dedup import Dedup
 from processor.runtime.done_marks import CLUSTER_SHARDS
 from processor.runtime.handling import Handling
 from processor.runtime.partitions import PartitionQueues
 from processor.runtime.pipeline import Pipeline
-from processor.runtime.scope import HandlerScope
+from processor.runtime.scope import HandlerScope, Levers
 from processor.runtime.stall import StallWatch
 from processor.topology.topology import HandlerSpec, Topology
 
@@ -56,6 +57,9 @@ class Runtime:
     owner: str
     latency: dict[str, HandlerLatency]
     tracing: Tracing
+    # Per handler, filled by build_handler: what a budget policy turns (processor.runtime.budget_policy).
+    levers: dict[str, Levers] = field(default_factory=dict)
+    partitions: dict[str, PartitionQueues[Any]] = field(default_factory=dict)
 
 
 async def _trim_heap() -> None:
@@ -68,7 +72,8 @@ def build_handler(topology: Topology, spec: HandlerSpec, runtime: Runtime) -> Ha
     group = topology.group(spec.name)
     app = HandlerApp(group, settings, (spec.source, *spec.retry_topics))
     metrics.declare_handler(topology.name, spec.name)
-    scope = HandlerScope(topology.name, spec, group, metrics, runtime.tracing, tuple(topology.redact))
+    scope = HandlerScope(topology.name, spec, group, metrics, runtime.tracing, tuple(topology.redact),
+                         levers=runtime.levers.setdefault(spec.name, Levers()))
     validator = compile_schema(topology.schemas_dir, spec.schema) if spec.schema else None
     dedup = Dedup(
         runtime.redis, group=group, owner=runtime.owner,
@@ -92,6 +97,7 @@ def build_handler(topology: Topology, spec: HandlerSpec, runtime: Runtime) -> Ha
         min_batch=spec.concurrency,
     )
     handling.pause_with(queues)  # an open breaker holds every partition of the handler
+    runtime.partitions[spec.name] = queues
     app.task(_stall_watch(app, queues, group, runtime.settings, metrics, topology.name, spec.name).run_forever)
     app.on_stop(lambda: queues.drain(spec.timeout_seconds + 5))
     app.consume_into(queues, on_assigned=metrics.assigned_partitions.labels(topology.name, spec.name).set,
@@ -165,6 +171,10 @@ class Worker:
             self.apps[0].task(lambda: _failpoint_stall(self.apps[0], sticky))
         self.apps[0].task(self._watch_loop_lag)
         self.apps[0].on_stop(self.monitor.resign)
+        if topology.budget_policies:
+            governor = BudgetGovernor(topology, self.monitor.budget, self.runtime.levers, self.runtime.partitions,
+                                      self.metrics, self.runtime.tracing)
+            self.apps[0].every(self.monitor.interval_seconds, governor.run_tick)
 
     async def _watch_loop_lag(self) -> None:
         await loop_lag.watch(self.metrics.event_loop_lag.labels(self.topology.name))

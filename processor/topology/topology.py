@@ -13,10 +13,11 @@ import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from processor.errors import ConfigError
 from processor.runtime.breaker import BreakerConfig
+from processor.topology.policy import BudgetPolicy, Defer, LowerConcurrency
 from processor.topology.retry import Retry
 from processor.topology.slo import SLO
 
@@ -65,6 +66,7 @@ class Context:
 
 HandlerFunc = Callable[[dict[str, Any], Context], Awaitable[Sequence[Output] | None]]
 DependencyFactory = Callable[["Settings"], Any]
+Priority = Literal["normal", "low"]
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ class HandlerSpec:
     breaker: str | None
     timeout_seconds: float
     concurrency: int
+    priority: Priority = "normal"  # "low": a BudgetPolicy may Defer it while a budget burns
 
     @functools.cached_property
     def retry_topics(self) -> tuple[str, ...]:
@@ -117,6 +120,7 @@ class Topology:
     handlers: list[HandlerSpec] = field(default_factory=list)
     dependencies: dict[str, DependencyFactory] = field(default_factory=dict)
     slos: Sequence[SLO] = ()
+    budget_policies: Sequence[BudgetPolicy] = ()
     redact: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -140,6 +144,7 @@ class Topology:
         timeout_seconds: float = 10.0,
         concurrency: int = 1,
         name: str | None = None,
+        priority: Priority = "normal",
     ) -> Callable[[HandlerFunc], HandlerFunc]:
         """Register ``func`` as a handler of ``source``; see the README for every argument."""
 
@@ -147,7 +152,7 @@ class Topology:
             spec = HandlerSpec(
                 name=name or func.__name__, func=func, source=source, schema=schema, event_id=event_id,
                 retry=retry or Retry(), outputs=tuple(outputs), breaker=breaker,
-                timeout_seconds=timeout_seconds, concurrency=concurrency,
+                timeout_seconds=timeout_seconds, concurrency=concurrency, priority=priority,
             )
             self._check(spec)
             self.handlers.append(spec)
@@ -179,6 +184,20 @@ class Topology:
             raise ConfigError(f"handler {spec.name}: breaker {spec.breaker!r} is not in Topology(breakers=...)")
         if spec.concurrency < 1:
             raise ConfigError(f"handler {spec.name}: concurrency must be >= 1")
+
+    def check_policies(self) -> None:
+        """Raise ConfigError, in one line, for a BudgetPolicy that names what is not there (run once every
+        handler is registered)."""
+        names = {slo.name for slo in self.slos}
+        for policy in self.budget_policies:
+            if policy.slo not in names:
+                raise ConfigError(f"BudgetPolicy: topology {self.name!r} has no SLO {policy.slo!r}")
+            for action in policy.then:
+                if isinstance(action, Defer | LowerConcurrency):
+                    spec = self.get(action.handler)
+                    if isinstance(action, Defer) and spec.priority != "low":
+                        raise ConfigError(f"BudgetPolicy({policy.slo!r}): Defer({spec.name!r}) needs the handler "
+                                          "declared with priority='low'")
 
     def get(self, handler: str) -> HandlerSpec:
         for spec in self.handlers:

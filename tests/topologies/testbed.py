@@ -11,9 +11,12 @@
 - ``TESTBED_MAX_BYTES``: size limit of an input event, default 2048
 - ``TESTBED_PARTITIONS``: partitions of the topics the worker creates
 
-While the Redis key ``testbed:<name>:broken`` exists every call fails with a RetryableError (a dependency
-that is down). Every call goes through a SimulatedService named ``<name>-<handler>``, which records
-calls, completions and side effects per idempotency key in Redis for the test to check.
+While the Redis key ``testbed:<name>:broken`` exists every call (of the handlers in ``TESTBED_BREAKABLE``,
+default all) fails with a RetryableError (a dependency that is down). ``TESTBED_POLICY=1`` gives handler ``a``
+a delivery SLO and a BudgetPolicy that stretches its back-off 5x, lowers its concurrency and defers ``b``
+(declared low priority) while the SLO burns above 2x over a minute. Every call goes through a
+SimulatedService named ``<name>-<handler>``, which records calls, completions and side effects per
+idempotency key in Redis for the test to check.
 """
 
 from __future__ import annotations
@@ -27,7 +30,20 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from processor import SLO, BreakerConfig, Context, Output, Retry, RetryableError, Settings, Topology
+from processor import (
+    SLO,
+    BreakerConfig,
+    BudgetPolicy,
+    Context,
+    Defer,
+    LowerConcurrency,
+    Output,
+    Retry,
+    RetryableError,
+    Settings,
+    StretchBackoff,
+    Topology,
+)
 from processor.dev.simulate import SimulatedService
 
 NAME = os.environ["TESTBED_NAME"]
@@ -37,6 +53,8 @@ LATENCY = float(os.environ.get("TESTBED_LATENCY_MS", "0")) / 1000
 JITTER = float(os.environ.get("TESTBED_JITTER_MS", "0")) / 1000
 BLOCK = float(os.environ.get("TESTBED_BLOCK_MS", "0")) / 1000
 BREAKER = os.environ.get("TESTBED_BREAKER") == "1"
+BREAKABLE = os.environ.get("TESTBED_BREAKABLE", ",".join(HANDLERS)).split(",")
+POLICY = os.environ.get("TESTBED_POLICY") == "1"
 
 topology = Topology(
     NAME,
@@ -45,8 +63,13 @@ topology = Topology(
     partitions=int(os.environ["TESTBED_PARTITIONS"]) if os.environ.get("TESTBED_PARTITIONS") else None,
     claim_lease_seconds=float(os.environ.get("TESTBED_LEASE_SECONDS", "30")),
     # A lag SLO with this threshold (e.g. 120s): the monitor then forecasts the crossing of it.
-    slos=(SLO("lag", sli="lag", objective=0.99, threshold=os.environ["TESTBED_LAG_SLO"]),)
-    if os.environ.get("TESTBED_LAG_SLO") else (),
+    slos=(
+        *((SLO("lag", sli="lag", objective=0.99, threshold=os.environ["TESTBED_LAG_SLO"]),)
+          if os.environ.get("TESTBED_LAG_SLO") else ()),
+        *((SLO("delivery", sli="delivery", objective=0.99, handler="a", min_events=20),) if POLICY else ()),
+    ),
+    budget_policies=(BudgetPolicy(slo="delivery", when_burn_above=2, window="1m", then=(
+        StretchBackoff(5), LowerConcurrency("a", 1), Defer("b"))),) if POLICY else (),
     breakers={"dep": BreakerConfig(failure_rate=0.5, window_calls=10, min_calls=5, open_seconds=2,
                                    half_open_probes=1)} if BREAKER else {},
 )
@@ -79,7 +102,7 @@ def _make(handler: str) -> None:
             await asyncio.sleep(max(0.0, LATENCY + random.uniform(-JITTER, JITTER)))
         if ctx.attempt <= FAIL_ATTEMPTS:
             raise RuntimeError(f"planned failure of attempt {ctx.attempt}")
-        if await client.exists(f"testbed:{NAME}:broken"):
+        if handler in BREAKABLE and await client.exists(f"testbed:{NAME}:broken"):
             raise RetryableError("dependency is down")
         await service[handler].call(ctx.idempotency_key)
         return [Output(f"{NAME}.{handler}.out", {"event_id": ctx.event_id, "n": event["n"]})]
@@ -90,6 +113,7 @@ def _make(handler: str) -> None:
         retry=Retry(delays=tuple(os.environ.get("TESTBED_RETRY", "1s,2s").split(","))),
         outputs=(f"{NAME}.{handler}.out",), breaker="dep" if BREAKER else None, name=handler,
         timeout_seconds=min(10.0, topology.claim_lease_seconds / 2),
+        priority="low" if POLICY and handler == "b" else "normal",
     )(handle)
 
 

@@ -337,7 +337,7 @@ def test_without_paced_runs_there_are_no_paced_targets() -> None:
 
 
 def test_least_squares_slope() -> None:
-    from processor.bench.soak import least_squares_slope
+    from processor.observability.forecast import least_squares_slope
 
     assert least_squares_slope([(0.0, 1.0), (1.0, 3.0), (2.0, 5.0)]) == pytest.approx(2.0)
     assert least_squares_slope([(0.0, 5.0), (10.0, 5.0), (20.0, 5.0)]) == pytest.approx(0.0)

@@ -36,6 +36,20 @@ def test_over_the_threshold_already_is_zero_and_a_flat_lag_is_never() -> None:
     assert math.isinf(flat.to_drain)
 
 
+def test_the_tail_of_a_drained_burst_forecasts_no_crossing() -> None:
+    # Up from 0 to 60 s over three minutes, then drained to about a second and flat for the last minute and a
+    # half: over the five minutes the slope is still positive, lately it is not.
+    rise = [(t, t / 3.0) for t in range(0, 180, 5)]
+    tail = [(t, 1.0) for t in range(180, 300, 5)]
+    ahead = forecast(rise + tail, threshold=30.0)
+    assert ahead is not None
+    assert math.isinf(ahead.to_threshold)
+    caught_up = forecast([(0, 5.0), (5, 3.0), (10, 0.0)], threshold=30.0)
+    assert caught_up is not None
+    assert caught_up.to_drain == 0.0
+    assert math.isinf(caught_up.to_threshold)
+
+
 def test_too_few_samples_or_no_time_between_them_forecast_nothing() -> None:
     assert forecast([(0, 1.0), (5, 2.0)], threshold=30.0) is None
     assert forecast([(5, 1.0), (5, 2.0), (5, 3.0)], threshold=30.0) is None
