@@ -183,29 +183,34 @@ class Pause(Fault):
         ctx.finish_workload()
 
 
-async def _set_outage(url: str, service: str, down: bool) -> None:
+async def _set_outage(url: str, service: str, down: bool, slow_ms: int = 0) -> None:
     client = aioredis.Redis.from_url(url, socket_timeout=10)
     try:
-        await set_outage(client, service, down)
+        await set_outage(client, service, down, slow_ms)
     finally:
         await client.aclose()
 
 
 @dataclass(frozen=True)
 class DependencyOutage(Fault):
-    """A simulated downstream fails every call (``processor.dev.simulate.set_outage``), then recovers."""
+    """A simulated downstream fails every call (``processor.dev.simulate.set_outage``), or with ``slow_ms``
+    answers that much slower, then recovers."""
 
     service: str = "payment-gateway"
     at: float = 4.0
     seconds: float = 10.0
+    slow_ms: int = 0
+
+    def _what(self) -> str:
+        return f"answers {self.slow_ms} ms slower" if self.slow_ms else "fails 100%"
 
     def describe(self) -> str:
-        return f"{self.service} fails 100% from {self.at:g}s for {self.seconds:g}s, then recovers"
+        return f"{self.service} {self._what()} from {self.at:g}s for {self.seconds:g}s, then recovers"
 
     def run(self, ctx: FaultContext) -> None:
         ctx.sleep_until(self.at)
-        asyncio.run(_set_outage(ctx.redis_url, self.service, True))
-        ctx.timeline.inject(f"{self.service} down (every call fails)")
+        asyncio.run(_set_outage(ctx.redis_url, self.service, True, self.slow_ms))
+        ctx.timeline.inject(f"{self.service} {self._what()}")
         try:
             ctx.sleep(self.seconds)
         finally:

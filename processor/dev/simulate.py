@@ -43,7 +43,11 @@ class SimulatedService:
         if self._settings.latency_ms:
             await asyncio.sleep(self._settings.latency_ms / 1000)
         await self._redis.hincrby(self.key("calls"), idempotency_key, 1)
-        if await self._redis.exists(self.key("outage")):
+        raw = await self._redis.get(self.key("outage"))
+        outage = raw.decode() if isinstance(raw, bytes) else raw
+        if outage is not None and outage.startswith("slow:"):  # degraded, not down (set_outage's slow_ms)
+            await asyncio.sleep(int(outage[5:]) / 1000)
+        elif outage is not None:
             raise DownstreamError(f"{self.name} is unavailable (outage)")
         if self._rng.random() < self._settings.failure_rate:
             raise DownstreamError(f"{self.name} failed (injected failure)")
@@ -52,10 +56,11 @@ class SimulatedService:
         return bool(await self._redis.hsetnx(self.key("effects"), idempotency_key, 1))
 
 
-async def set_outage(client: aioredis.Redis, service: str, down: bool) -> None:
-    """Take a simulated service down (every call fails) or bring it back, for every process at once."""
+async def set_outage(client: aioredis.Redis, service: str, down: bool, slow_ms: int = 0) -> None:
+    """Take a simulated service down (every call fails; with ``slow_ms``, every call takes that much longer
+    instead) or bring it back, for every process at once."""
     key = f"sim:{service}:outage"
     if down:
-        await client.set(key, 1)
+        await client.set(key, f"slow:{slow_ms}" if slow_ms else 1)
     else:
         await client.delete(key)

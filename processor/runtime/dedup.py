@@ -59,23 +59,20 @@ import enum
 import functools
 import itertools
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from redis.asyncio import RedisCluster
-from redis.commands.core import AsyncScript
-from redis.exceptions import ClusterDownError, NoScriptError, SlotNotCoveredError, TryAgainError
+from redis.exceptions import ClusterDownError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from processor.runtime.done_marks import DONE_MARKS_LUA, DoneMarks, digest
 from processor.runtime.redis_client import RedisClient
+from processor.runtime.replicated import ReplicatedWrites
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_SHORT_WAIT_SECONDS = 10
 
 # The Redis server's clock in ms, for the deadlines below: one clock for every worker, whatever theirs say.
 _NOW_MS = """
@@ -273,8 +270,7 @@ class Dedup:
         self._batches = itertools.count()
         self._lease_ms = int(lease_seconds * 1000)
         self.marks = DoneMarks(group, ttl_seconds, peak_rate, shards)
-        self._wait = (wait_replicas, wait_timeout_ms)
-        self._short_until: dict[str, float] = {}  # per node: no WAIT until then, after one fell short
+        self._write = ReplicatedWrites(client, wait_replicas, wait_timeout_ms).run
         self._on_dependency = on_dependency
         self._max_backoff = max_backoff_seconds
         self._claim = client.register_script(_CLAIM)
@@ -372,41 +368,6 @@ class Dedup:
                                                      args=[*self.marks.args(shard), digest(event_id)]))
         assert value is None or isinstance(value, bytes)
         return value
-
-    async def _write(self, script: AsyncScript, keys: list[str], args: list[str | int | bytes]) -> Any:
-        # Run a script that changes state and, with wait_replicas, WAIT for its replicas: in one pipeline, as
-        # WAIT counts only the writes of its own connection (and a script may not call it).
-        replicas, timeout_ms = self._wait
-        if not replicas:
-            return await script(keys=keys, args=args)
-        route: dict[str, Any] = {}
-        node = ""
-        if isinstance(self._redis, RedisCluster):
-            await self._redis.initialize()  # the slot map, loaded by a client's first command (a no-op after)
-            route["target_nodes"] = self._redis.get_node_from_key(keys[0])
-            node = route["target_nodes"].name
-        if self._short_until.get(node, 0.0) > time.monotonic():
-            return await script(keys=keys, args=args)
-        while True:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-                pipe.execute_command("WAIT", replicas, timeout_ms, **route)
-                result, acked = await pipe.execute(raise_on_error=False)
-            if not isinstance(result, NoScriptError):
-                break
-            # A promoted replica (or a restarted Redis) starts with no scripts: load it there and run again.
-            await self._redis.script_load(script.script)
-        for reply in (result, acked):
-            if isinstance(reply, Exception):
-                raise reply
-        if acked < replicas:
-            # Too few replicas (one lost, or none left after a failover): every write would cost the whole
-            # timeout. Go on without waiting on this node for a while, and say so; the gap is open meanwhile.
-            self._short_until[node] = time.monotonic() + _SHORT_WAIT_SECONDS
-            log.warning("WAIT: %d of %d replicas of Redis %s had a dedup write within %d ms; not waiting for "
-                        "them for %d s (a failover meanwhile may lose writes)",
-                        acked, replicas, node or "master", timeout_ms, _SHORT_WAIT_SECONDS)
-        return result
 
     async def _call(self, op: Callable[[], Awaitable[T]]) -> T:
         # Never give up: an event whose dedup state is unknown must not be processed or dropped.
