@@ -211,6 +211,8 @@ def dedup_key(tag: str, event_id: str) -> str:
 
 def by_shard(marks: DoneMarks, event_ids: Sequence[str]) -> list[tuple[int, list[int]]]:
     """(shard, indexes of ``event_ids`` in it), shards in order: one script call each."""
+    if marks.shards == 1:  # one Redis: one call, and no digest to compute for it
+        return [(0, list(range(len(event_ids))))] if event_ids else []
     shards: dict[int, list[int]] = {}
     for index, event_id in enumerate(event_ids):
         shards.setdefault(marks.shard_of(digest(event_id)), []).append(index)
