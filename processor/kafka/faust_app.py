@@ -167,19 +167,24 @@ class HandlerApp:
         if tp == self._stuck:
             self.app.consumer.pause_partitions({tp})
 
-    def assigned(self) -> list[Any]:
+    def assigned(self) -> list[TP]:
         """The partitions the group assigns this member now."""
         return sorted(self.app.consumer.assignment())
 
     async def rejoin(self) -> None:
         """Leave the consumer group and join it again: a new assignment, each partition fetched afresh from
         its committed offset (a member with static membership skips the leave and only rejoins)."""
-        consumer = cast(Any, self.app.consumer)._thread._ensure_consumer()  # aiokafka's, under Faust's
-        coordinator = consumer._coordinator
-        await coordinator._maybe_leave_group()
-        coordinator.request_rejoin()
+        thread = cast(Any, self.app.consumer)._thread  # aiokafka's consumer lives on Faust's consumer thread
 
-    def stall_fetch(self, sticky: bool) -> Any:
+        async def leave_and_rejoin() -> None:
+            coordinator = thread._ensure_consumer()._coordinator
+            await coordinator._maybe_leave_group()
+            coordinator.request_rejoin()
+
+        # On that thread's loop, as Faust calls it: the coordinator's connection and futures belong there.
+        await thread.call_thread(leave_and_rejoin)
+
+    def stall_fetch(self, sticky: bool) -> TP | None:
         """Failpoint (PROCESSOR_FAILPOINT_STALL, for tests and the chaos lab): pause the fetch of this member's
         first partition behind its queues' back, as a consumer that silently stops fetching one. ``sticky``:
         paused again whenever it is resumed, until the next assignment. Returns the partition (None: none)."""

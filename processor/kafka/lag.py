@@ -132,14 +132,19 @@ def read_lag(
         consumer.close()
 
 
-def records_beyond(settings: Settings, group: str, positions: Mapping[tuple[str, int], int],
+def records_beyond(settings: Settings, group: str, positions: Mapping[tuple[str, int], int], waited_seconds: float,
                    timeout_seconds: float = 10.0) -> dict[tuple[str, int], int]:
     """Of ``positions`` ((topic, partition) -> the next offset a worker expects; -1: none yet), those whose log
-    goes beyond it and beyond the committed offset, each with where to seek it: the committed offset, else
-    the log start (blocking; run it in a thread)."""
+    goes beyond it and beyond the committed offset with a record there that has waited ``waited_seconds``,
+    each with where to seek it: the committed offset, else the log start (blocking; run it in a thread)."""
     out: dict[tuple[str, int], int] = {}
+    now = time.time()
     for lag in read_lag(settings, group, sorted({topic for topic, _ in positions}), timeout_seconds):
         key = (lag.topic, lag.partition)
-        if key in positions and lag.log_end > max(positions[key], lag.committed, lag.log_start):
+        # The log end alone is not a record to read: a transaction's commit marker stays past the last
+        # record for good, and a record produced a moment ago is still on its way in a healthy fetch. The
+        # read_committed fetch at the committed offset finds a record only where there is one to process.
+        waiting = lag.oldest_unprocessed_ms is not None and lag.seconds(now) >= waited_seconds
+        if key in positions and waiting and lag.log_end > max(positions[key], lag.committed, lag.log_start):
             out[key] = lag.committed if lag.committed >= 0 else lag.log_start
     return out

@@ -106,6 +106,10 @@ class BudgetTracker:
         counted there."""
         history = self._histories[slo.name]
         t, _, total = history.samples[-1]
+        if self._clock() - t > seconds:
+            # Nothing sampled in the window: a lag SLO on a worker that has stopped measuring lag (the monitor's
+            # lease went to another). Its last burn is no burn now; a policy acting on it is undone.
+            return 0.0, 0.0
         start = next((s for s in reversed(history.samples) if s[0] <= t - seconds), history.samples[0])
         return self._burn(slo, history, seconds), total - start[2]
 

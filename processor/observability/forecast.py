@@ -3,10 +3,10 @@ at the current trend, or, when it shrinks, when it drains.
 
 The lag is the worst source partition's age of the oldest unread record (``processor_consumer_lag_seconds``,
 retry topics excluded: their records wait by design). The trend is the least-squares slope over the last
-``window_seconds`` of samples (5 minutes: a healthy consumer's lag jitters by a fraction of a second, which
-over 5 minutes is a slope too small to forecast a crossing within hours; a consumer that has stopped shows
-a slope near 1 within three samples). A stopped consumer's lag grows one second a second; one that
-is slower than its producers grows at the share of events it cannot keep up with.
+``window_seconds`` of samples (5 minutes: a healthy consumer's lag jitters by a second or two, which over 5
+minutes is a slope too small to forecast a crossing within hours), and over its last ``RECENT_SECONDS``. A
+stopped consumer's lag grows one second a second; one that is slower than its producers grows at the share
+of events it cannot keep up with.
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ MIN_SAMPLES = 3
 INF = math.inf
 WINDOW_SECONDS = 300.0
 RECENT_SECONDS = 60.0
+# Lag growing this fast over the last minute is no jitter (a healthy consumer's lag jitters by about its commit
+# interval, a slope of 0.05 over a minute at most): the recent rate forecasts alone. A consumer that stopped
+# after minutes of flat lag would otherwise be forecast at the five minutes' slope, ten times too late.
+CLEAR_RATE = 0.5
 
 
 @dataclass(frozen=True)
@@ -40,8 +44,9 @@ def forecast(samples: list[tuple[float, float]], threshold: float | None) -> For
     time between them. ``threshold`` None: no lag SLO covers the group, only the drain is forecast.
 
     A crossing is forecast only while the lag grows over the whole window and over its last
-    ``RECENT_SECONDS`` too, at the slower of the two rates: the tail of a burst that has drained (up
-    over the window, flat or down lately) forecasts nothing. A lag of 0 is caught up: nothing to cross."""
+    ``RECENT_SECONDS`` too, at the slower of the two rates unless the recent one is CLEAR_RATE or more: the
+    tail of a burst that has drained (up over the window, flat or down lately) forecasts nothing. A lag of
+    0 is caught up: nothing to cross."""
     overall = _slope(samples)
     if overall is None:
         return None
@@ -53,7 +58,7 @@ def forecast(samples: list[tuple[float, float]], threshold: float | None) -> For
         if lag >= threshold:
             to_threshold = 0.0
         elif lag > 0 and overall > 0 and lately > 0:
-            to_threshold = (threshold - lag) / min(overall, lately)
+            to_threshold = (threshold - lag) / (lately if lately >= CLEAR_RATE else min(overall, lately))
     to_drain = 0.0 if lag == 0 else (lag / -lately if lately < 0 else INF)
     return Forecast(lag, lately, to_threshold, to_drain)
 

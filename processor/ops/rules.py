@@ -25,9 +25,10 @@ from typing import Any, cast
 import yaml
 from prometheus_client.utils import floatToGoString as _untyped_float_to_go_string
 
+from processor.topology.policy import DEFER_REASON, Defer, StretchBackoff
 from processor.topology.retry import parse_duration
 from processor.topology.slo import SLO, BurnWindow, window_seconds
-from processor.topology.topology import HandlerSpec, Topology
+from processor.topology.topology import Topology
 
 RUNBOOK_BASE = "https://github.com/processor-dev/processor/blob/main/processor/ops/runbooks/"
 
@@ -276,7 +277,8 @@ def _operational_alerts(topology: Topology, runbook_base: str) -> list[dict[str,
               f"processes this handler of topology {topology.name}."),
         # The status is the worst partition's, retry topics included: a partition of a retry tier waits up to
         # its delay with its offset still, which reads as STALL, so the `for` outlasts the longest delay.
-        alert("ProcessorConsumerLagStall", status("STALL"), _stall_for(topology.handlers), "page",
+        alert("ProcessorConsumerLagStall", status("STALL") + _unless_deferred(topology), _stall_for(topology),
+              "page",
               "Consumer group {{ $labels.group }} is stalled: members are up but offsets do not move",
               "The lag monitor rates {{ $labels.group }} STALL: the group has members, but its committed "
               "offsets have not moved and its lag has not shrunk over the monitor's window. Workers are up "
@@ -345,10 +347,23 @@ def _forecast_alerts(topology: Topology, alert: Callable[..., dict[str, Any]]) -
     )]
 
 
-def _stall_for(handlers: list[HandlerSpec]) -> str:
-    """At least 2m, and longer than the longest retry delay (with jitter) of any handler."""
-    longest = max((parse_duration(d) * (1 + h.retry.jitter) for h in handlers for d in h.retry.delays), default=0)
+def _stall_for(topology: Topology) -> str:
+    """At least 2m, and longer than the longest retry delay (with jitter, and stretched by a budget policy)."""
+    stretch = max((a.factor for p in topology.budget_policies for a in p.then if isinstance(a, StretchBackoff)),
+                  default=1.0)
+    longest = max((parse_duration(d) * (1 + h.retry.jitter) * stretch
+                   for h in topology.handlers for d in h.retry.delays), default=0)
     return f"{max(2, math.ceil(longest / 60) + 1)}m"
+
+
+def _unless_deferred(topology: Topology) -> str:
+    """A group a budget policy defers on purpose stands still: no STALL page for it while it is held."""
+    if not any(isinstance(a, Defer) for p in topology.budget_policies for a in p.then):
+        return ""
+    held = (f'max by (handler) (processor_paused_partitions{{topology={promql_string(topology.name)},'
+            f'reason="{DEFER_REASON}"}}) > 0')
+    group = promql_string(topology.name.replace("$", "$$") + ".$1")
+    return f' unless on (group) label_replace({held}, "group", {group}, "handler", "(.+)")'
 
 
 # -- formatting --------------------------------------------------------------------------------------------

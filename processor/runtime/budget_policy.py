@@ -19,12 +19,11 @@ from processor.observability.metrics import Metrics
 from processor.observability.tracing import Tracing
 from processor.runtime.handling import PartitionControl
 from processor.runtime.scope import Levers
-from processor.topology.policy import BudgetPolicy, Defer, LowerConcurrency, StretchBackoff
+from processor.topology.policy import DEFER_REASON, BudgetPolicy, Defer, LowerConcurrency, StretchBackoff
 from processor.topology.slo import window_seconds
 from processor.topology.topology import Topology
 
 log = logging.getLogger(__name__)
-DEFER_REASON = "budget"  # the hold reason of a deferred handler's partitions (processor_paused_partitions)
 
 
 class BudgetGovernor:
@@ -85,17 +84,22 @@ class BudgetGovernor:
             levers.backoff_factor = factor.get(handler, 1.0)
             levers.concurrency = concurrency.get(handler)
         for handler in deferred - self._deferred:
-            self._partitions[handler].pause_all(DEFER_REASON)
+            # Parked: its queued records wait too, so the capacity they would take is freed now.
+            self._partitions[handler].pause_all(DEFER_REASON, park=True)
         for handler in self._deferred - deferred:
             self._partitions[handler].resume_all(DEFER_REASON)
         self._deferred = deferred
+        # From every policy at once: two policies of one SLO may share an action, and one undone while the
+        # other acts leaves it on.
+        on = {(self._label(p), action.name) for p in self._active for action in p.then}
+        for policy in self._topology.budget_policies:
+            for action in policy.then:
+                key = (self._label(policy), action.name)
+                self._metrics.budget_policy_active.labels(self._topology.name, *key).set(1 if key in on else 0)
 
     def _announce(self, policy: BudgetPolicy, change: str, burn: float) -> None:
         label = self._label(policy)
         actions = ", ".join(action.name for action in policy.then)
-        for action in policy.then:
-            self._metrics.budget_policy_active.labels(self._topology.name, label, action.name).set(
-                1 if change == "act" else 0)
         if change == "act":
             log.warning("budget policy of SLO %s acts: burn %.1fx over %s is above %gx; %s", label, burn,
                         policy.window, policy.when_burn_above, actions)

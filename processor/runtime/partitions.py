@@ -108,6 +108,10 @@ class PartitionQueues(Generic[TP]):
         self._clock = clock
         self._on_pause_change = on_pause_change
         self._partitions: dict[TP, _Partition] = {}
+        # pause_all's reasons, held on every partition until resume_all, those assigned meanwhile too; the
+        # parked ones also keep what is queued from running.
+        self._held_all: set[str] = set()
+        self._parked: set[str] = set()
         self._stopping = False
         self._retry_seconds = 1.0
         self._wake = asyncio.Event()
@@ -118,6 +122,8 @@ class PartitionQueues(Generic[TP]):
         part = self._partitions.get(tp)
         if part is None:
             part = self._partitions[tp] = _Partition()
+            for reason in self._held_all:
+                self._hold(tp, part, reason)
         queue = part.queue
         for record in records:
             if record.offset < part.next_offset:
@@ -159,14 +165,21 @@ class PartitionQueues(Generic[TP]):
             await asyncio.wait(pending, timeout=timeout_seconds)
         self.revoke(list(self._partitions))
 
-    def pause_all(self, reason: str) -> None:
-        """Pause every partition this worker has seen, for ``reason`` (the breaker uses it)."""
+    def pause_all(self, reason: str, *, park: bool = False) -> None:
+        """Pause every partition, and each one assigned later, for ``reason`` until ``resume_all(reason)``
+        (the breaker; a budget policy's Defer). ``park``: the records already queued wait too."""
+        self._held_all.add(reason)
+        if park:
+            self._parked.add(reason)
         for tp, part in self._partitions.items():
             self._hold(tp, part, reason)
 
     def resume_all(self, reason: str) -> None:
+        self._held_all.discard(reason)
+        self._parked.discard(reason)
         for tp, part in self._partitions.items():
             self._release(tp, part, reason)
+        self._wake.set()  # parked records may run now
 
     def progress(self, tp: TP) -> _Partition | None:
         """One partition's state, for the stalled-partition watch (None: nothing delivered since assigned)."""
@@ -201,7 +214,7 @@ class PartitionQueues(Generic[TP]):
         ready: list[tuple[TP, _Partition]] = []
         next_due_ms: float | None = None
         for tp, part in self._partitions.items():
-            if part.in_flight is not None or not part.queue:
+            if part.in_flight is not None or not part.queue or part.held & self._parked:
                 continue
             due_ms = due_at_ms(part.queue[0].headers)
             if due_ms > now_ms:

@@ -4,9 +4,10 @@ Users of stream frameworks report partitions that silently stop being fetched, o
 rebalance, while the lag grows and nothing in the worker says so. Every ``stall_seconds / 3`` the watch
 looks at each partition the group has assigned to this handler. One that has had no records delivered or
 acked for ``stall_seconds`` while nothing of ours holds it (no batch in flight, nothing queued, not paused
-by the breaker or the queue's backpressure, not waiting for a due retry) is a candidate; the broker then
-says whether it has records beyond the worker's position (``records_beyond``: the log end of a fetch at the
-committed offset, as the lag monitor reads it). If it has, the partition is stalled:
+by the breaker, the queue's backpressure or a budget policy, not waiting for a due retry) is a candidate
+(its window starts again at each assignment); the broker then says whether it has records beyond the
+worker's position, one of them waiting for ``stall_seconds`` (``records_beyond``: a fetch at the committed
+offset, as the lag monitor reads it). If it has, the partition is stalled:
 
 1. reported: ``processor_stalled_partitions`` (and the ``ProcessorPartitionStalled`` alert), a warning;
 2. healed by seeking it to its committed offset and resuming its fetch (``seek``), which undoes a pause
@@ -77,15 +78,23 @@ class StallWatch(Generic[TP]):
         self._on_recovery = on_recovery
         self._clock = clock
         self.stall_seconds = stall_seconds
-        self._assigned_at: dict[TP, float] = {}
+        self._assigned_at: dict[TP, float] = {}  # when each partition was first seen in this assignment
+        self._assignment_at: float | None = None  # when the group last gave this member an assignment
         self._stalls: dict[TP, _Stall] = {}
         self._quiet_until: dict[TP, float] = {}  # found with nothing to read: not asked again before then
+
+    def reassigned(self) -> None:
+        """The group gave this member a new assignment: each partition's window starts again (one revoked
+        and assigned back between two checks has no records delivered yet, and is not stalled for that)."""
+        self._assignment_at = self._clock()
+        self._assigned_at = {}
 
     async def check(self) -> None:
         """One look at every assigned partition; heals what is stalled."""
         now = self._clock()
         assigned = list(self._assigned())
-        self._assigned_at = {tp: self._assigned_at.get(tp, now) for tp in assigned}
+        start = now if self._assignment_at is None else self._assignment_at
+        self._assigned_at = {tp: self._assigned_at.get(tp, start) for tp in assigned}
         candidates: list[TP] = []
         for tp in assigned:
             state = self._progress(tp)
@@ -102,8 +111,9 @@ class StallWatch(Generic[TP]):
         if not candidates:
             return
         beyond = await self._records_beyond(candidates)
+        still = set(self._assigned())  # the read takes a while: a partition revoked meanwhile is not ours to seek
         rejoin = False
-        for tp in candidates:
+        for tp in [tp for tp in candidates if tp in still]:
             committed = beyond.get(tp)
             if committed is None:
                 self._clear(tp, "it has nothing to read")
@@ -112,6 +122,7 @@ class StallWatch(Generic[TP]):
             rejoin |= self._heal(tp, committed, now)
         if rejoin:
             await self._rejoin()
+            self._on_recovery("rejoin")  # counted once done: a rejoin that raised is logged by run_forever
 
     def _heal(self, tp: TP, committed: int, now: float) -> bool:
         """Report and act on one stalled partition; True when the group must be left and joined again."""
@@ -127,7 +138,6 @@ class StallWatch(Generic[TP]):
         elif stall.tried == "seek":
             log.warning("partition %s is still stalled after a seek: leaving the group and joining it again", tp)
             stall.tried, stall.tried_at = "rejoin", now
-            self._on_recovery("rejoin")
             return True
         else:
             log.error("partition %s is still stalled (for %.0f s) after seeking and rejoining the group",

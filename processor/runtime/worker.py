@@ -98,10 +98,17 @@ def build_handler(topology: Topology, spec: HandlerSpec, runtime: Runtime) -> Ha
     )
     handling.pause_with(queues)  # an open breaker holds every partition of the handler
     runtime.partitions[spec.name] = queues
-    app.task(_stall_watch(app, queues, group, runtime.settings, metrics, topology.name, spec.name).run_forever)
+    watch = _stall_watch(app, queues, group, runtime.settings, metrics, topology.name, spec.name)
+    app.task(watch.run_forever)
     app.on_stop(lambda: queues.drain(spec.timeout_seconds + 5))
+    rebalances = metrics.rebalances.labels(topology.name, spec.name)
+
+    def on_rebalanced() -> None:
+        rebalances.inc()
+        watch.reassigned()
+
     app.consume_into(queues, on_assigned=metrics.assigned_partitions.labels(topology.name, spec.name).set,
-                     on_rebalanced=metrics.rebalances.labels(topology.name, spec.name).inc)
+                     on_rebalanced=on_rebalanced)
     return app
 
 
@@ -109,7 +116,7 @@ def _stall_watch(app: HandlerApp, queues: PartitionQueues[Any], group: str, sett
                  topology: str, handler: str) -> StallWatch[Any]:
     async def records_beyond(tps: Sequence[Any]) -> dict[Any, int]:
         positions = {(tp.topic, tp.partition): getattr(queues.progress(tp), "next_offset", -1) for tp in tps}
-        beyond = await asyncio.to_thread(lag.records_beyond, settings, group, positions)
+        beyond = await asyncio.to_thread(lag.records_beyond, settings, group, positions, settings.stall_seconds)
         return {tp: beyond[(tp.topic, tp.partition)] for tp in tps if (tp.topic, tp.partition) in beyond}
 
     recoveries = metrics.stall_recoveries

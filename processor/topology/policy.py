@@ -22,6 +22,11 @@ from dataclasses import dataclass
 from processor.errors import ConfigError
 from processor.topology.slo import window_seconds
 
+# A stretched delay is written into the retry's due time when it is routed, so it outlasts the policy (and a
+# later retry of its tier partition waits behind it): the cap bounds that, far inside any retry topic's retention.
+MAX_STRETCH = 10.0
+DEFER_REASON = "budget"  # the hold reason of a deferred handler's partitions (processor_paused_partitions)
+
 
 @dataclass(frozen=True)
 class StretchBackoff:
@@ -30,8 +35,8 @@ class StretchBackoff:
     factor: float = 4.0
 
     def __post_init__(self) -> None:
-        if self.factor <= 1:
-            raise ConfigError(f"StretchBackoff factor {self.factor} must be above 1")
+        if not 1 < self.factor <= MAX_STRETCH:
+            raise ConfigError(f"StretchBackoff factor {self.factor} must be above 1 and at most {MAX_STRETCH:g}")
 
     @property
     def name(self) -> str:
@@ -79,6 +84,7 @@ class BudgetPolicy:
     recover_below: float | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "then", tuple(self.then))  # a list would leave the policy unhashable
         window_seconds(self.window)
         if self.when_burn_above <= 0:
             raise ConfigError(f"BudgetPolicy({self.slo!r}): when_burn_above must be above 0")

@@ -188,9 +188,10 @@ class Topology:
     def check_policies(self) -> None:
         """Raise ConfigError, in one line, for a BudgetPolicy that names what is not there (run once every
         handler is registered)."""
-        names = {slo.name for slo in self.slos}
+        slos = {slo.name: slo for slo in self.slos}
         for policy in self.budget_policies:
-            if policy.slo not in names:
+            slo = slos.get(policy.slo)
+            if slo is None:
                 raise ConfigError(f"BudgetPolicy: topology {self.name!r} has no SLO {policy.slo!r}")
             for action in policy.then:
                 if isinstance(action, Defer | LowerConcurrency):
@@ -198,6 +199,10 @@ class Topology:
                     if isinstance(action, Defer) and spec.priority != "low":
                         raise ConfigError(f"BudgetPolicy({policy.slo!r}): Defer({spec.name!r}) needs the handler "
                                           "declared with priority='low'")
+                    # Deferring grows the very lag the SLO measures: the burn would never fall to undo it.
+                    if isinstance(action, Defer) and slo.sli == "lag" and slo.handler in (None, spec.name):
+                        raise ConfigError(f"BudgetPolicy({policy.slo!r}): Defer({spec.name!r}) would grow the lag "
+                                          "this lag SLO measures; defer a handler it does not cover")
 
     def get(self, handler: str) -> HandlerSpec:
         for spec in self.handlers:

@@ -13,9 +13,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from processor.errors import ConfigError
 from processor.observability.metrics import Metrics
 from processor.observability.tracing import Tracing
-from processor.runtime.budget_policy import DEFER_REASON, BudgetGovernor
+from processor.runtime.budget_policy import BudgetGovernor
 from processor.runtime.scope import Levers
-from processor.topology.policy import BudgetPolicy, Defer, LowerConcurrency, StretchBackoff
+from processor.topology.policy import DEFER_REASON, BudgetPolicy, Defer, LowerConcurrency, StretchBackoff
 from processor.topology.slo import SLO
 from processor.topology.topology import Topology
 
@@ -31,9 +31,11 @@ class _Burn:
 class _Partitions:
     def __init__(self) -> None:
         self.held: set[str] = set()
+        self.parked = False
 
-    def pause_all(self, reason: str) -> None:
+    def pause_all(self, reason: str, *, park: bool = False) -> None:
         self.held.add(reason)
+        self.parked = park
 
     def resume_all(self, reason: str) -> None:
         self.held.discard(reason)
@@ -75,6 +77,7 @@ def test_act_hold_and_undo() -> None:
     assert (levers["a"].backoff_factor, levers["a"].concurrency) == (4, 2)
     assert levers["b"].backoff_factor == 1.0  # the SLO is a's: only a's retries stretch
     assert partitions["b"].held == {DEFER_REASON}
+    assert partitions["b"].parked  # its queued records wait too
     assert active("defer:b") == active("stretch_backoff") == 1
     burn.rate = 4.0  # under the trigger, over the recovery (3): held as it is
     governor.tick()
@@ -115,3 +118,17 @@ def test_policy_values_are_checked() -> None:
         BudgetPolicy("delivery", when_burn_above=6, then=())
     with pytest.raises(ConfigError, match="recover_below"):
         BudgetPolicy("delivery", when_burn_above=6, then=(StretchBackoff(),), recover_below=7)
+    with pytest.raises(ConfigError, match="at most 10"):
+        StretchBackoff(50)
+    listed = BudgetPolicy("delivery", when_burn_above=6, then=[StretchBackoff()])  # type: ignore[arg-type]
+    assert listed.then == (StretchBackoff(),)
+    assert hash(listed)
+
+
+def test_deferring_a_handler_its_own_lag_slo_covers_is_refused() -> None:
+    topology = Topology("shop", slos=(SLO("fresh", sli="lag", objective=0.99, threshold="30s"),),
+                        budget_policies=(BudgetPolicy("fresh", when_burn_above=6, then=(Defer("b"),)),))
+    for name in ("a", "b"):
+        topology.handler(source="orders", name=name, priority="low" if name == "b" else "normal")(_handle)
+    with pytest.raises(ConfigError, match="would grow the lag this lag SLO measures"):
+        topology.check_policies()

@@ -50,6 +50,15 @@ def test_the_tail_of_a_drained_burst_forecasts_no_crossing() -> None:
     assert math.isinf(caught_up.to_threshold)
 
 
+def test_a_consumer_that_stops_after_minutes_of_flat_lag_is_forecast_at_its_new_rate() -> None:
+    # Four minutes at 0.5 s, sampled every 5 s, then stopped for a minute: the lag grows a second a second.
+    flat = [(float(t), 0.5) for t in range(0, 240, 5)]
+    stopped = [(240.0 + t, 0.5 + t) for t in range(5, 65, 5)]
+    ahead = forecast(flat + stopped, threshold=120.0)
+    assert ahead is not None
+    assert ahead.to_threshold == pytest.approx(120.0 - 60.5, rel=0.1)  # not the five minutes' slope: 10x later
+
+
 def test_too_few_samples_or_no_time_between_them_forecast_nothing() -> None:
     assert forecast([(0, 1.0), (5, 2.0)], threshold=30.0) is None
     assert forecast([(5, 1.0), (5, 2.0), (5, 3.0)], threshold=30.0) is None

@@ -214,6 +214,23 @@ def test_lag_slo_counts_no_time_before_its_first_measurement() -> None:
     assert remaining(metrics, "lag") == pytest.approx(1 - 0.5 / 0.1)
 
 
+def test_a_lag_burn_no_longer_measured_here_is_no_burn_once_its_window_passes() -> None:
+    topology = budget_topology()
+    lag = next(slo for slo in topology.slos if slo.name == "lag")
+    metrics, clock = Metrics(), Clock()
+    tracker = BudgetTracker(topology, metrics, clock=clock)
+    tracker.tick(0.0)
+    clock.now += 60
+    tracker.tick(100.0)  # a bad minute, measured here
+    assert tracker.burn(lag, 300)[0] == pytest.approx(10.0)
+    clock.now += 200
+    tracker.tick(None)  # the monitor's lease went to another worker
+    assert tracker.burn(lag, 300)[0] == pytest.approx(10.0)  # still the last 5 minutes' burn
+    clock.now += 120
+    tracker.tick(None)
+    assert tracker.burn(lag, 300) == (0.0, 0.0)  # nothing measured in 5 minutes: no burn to act on
+
+
 # -- histogram_quantile ------------------------------------------------------------------------------
 
 

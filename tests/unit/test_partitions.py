@@ -443,6 +443,36 @@ async def test_pause_all_and_resume_all() -> None:
     await q.drain(1.0)
 
 
+async def test_pause_all_holds_a_partition_assigned_after_it_too() -> None:
+    r = Recorder()
+    q = r.queues()
+    q.pause_all("breaker")  # nothing seen yet: a rebalance assigns partition 2 meanwhile
+    q.put(2, [rec(2, 0)])
+    assert r.pauses == [2]
+    assert q.held("breaker") == 1
+    q.resume_all("breaker")
+    assert r.resumes == [(2, 1)]
+    await until(lambda: r.acks == [(2, 0)])
+    await q.drain(1.0)
+
+
+async def test_a_parked_handler_runs_nothing_it_has_queued_until_resumed() -> None:
+    r = Recorder()
+    r.gate.clear()
+    q = r.queues(max_batch=1)
+    q.put(0, [rec(0, 0), rec(0, 1), rec(0, 2)])
+    await until(lambda: len(r.runs) == 1)
+    q.pause_all("budget", park=True)
+    r.gate.set()
+    await until(lambda: r.acks == [(0, 0)])
+    await settle()
+    assert r.offsets(0) == [0]  # offsets 1 and 2 wait, queued
+    q.resume_all("budget")
+    await until(lambda: len(r.acks) == 3)
+    assert r.offsets(0) == [0, 1, 2]
+    await q.drain(1.0)
+
+
 class Warnings(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)

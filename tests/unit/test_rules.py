@@ -235,6 +235,33 @@ def test_stall_waits_out_the_longest_retry_delay() -> None:
         "for"] == "2m"
 
 
+def test_a_group_deferred_by_a_budget_policy_stalls_without_a_page(tmp_path: Path) -> None:
+    # topologies.orders_guarded defers notify_shipping: its group stands still on purpose while the policy
+    # holds it; charge_payment's stall at the same time pages. Through promtool, over the generated rules.
+    guarded = load_topology("topologies.orders_guarded")
+    document = prometheus_rules(guarded)
+    stall = next(a for a in alerts_of(document) if a["alert"] == "ProcessorConsumerLagStall")
+    assert stall["for"] == "3m"  # the longest retry delay (30 s, 10% jitter) stretched 4x: 2.2 min, plus one
+    (tmp_path / "rules.yml").write_text(render_rules(guarded), encoding="utf-8")
+    group = "orders.charge_payment"
+    series = [
+        {"series": f'processor_consumer_lag_status{{group="{g}",status="STALL"}}', "values": "1+0x20"}
+        for g in (group, "orders.notify_shipping")
+    ] + [{"series": 'processor_paused_partitions{topology="orders",handler="notify_shipping",reason="budget"}',
+          "values": "3+0x20"},
+         {"series": 'processor_paused_partitions{topology="orders",handler="charge_payment",reason="budget"}',
+          "values": "0+0x20"}]
+    annotations = {k: v.replace("{{ $labels.group }}", group) for k, v in stall["annotations"].items()}
+    test = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m", "input_series": series,
+        "alert_rule_test": [{"eval_time": "10m", "alertname": "ProcessorConsumerLagStall", "exp_alerts": [
+            {"exp_labels": {**stall["labels"], "group": group}, "exp_annotations": annotations}]}],
+    }]}
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(test), encoding="utf-8")
+    result = run_promtool("test", "rules", str(tmp_path / "test.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_no_breakers_no_breaker_alert() -> None:
     topology = Topology("plain")
     topology.handler(source="in", name="plain")(_noop)

@@ -84,3 +84,30 @@ def test_a_partition_with_nothing_to_read_is_asked_once_a_window() -> None:
     assert bed.asked == [["p0", "p1"], ["p0", "p1"]]  # at 31, then not before 61
     assert bed.actions == []
     assert bed.stalled == 0
+
+
+def test_a_new_assignment_starts_every_window_again() -> None:
+    bed = _Bed()
+    bed.at(0)
+    bed.now = 25
+    bed.watch.reassigned()  # revoked and assigned back between two checks: nothing delivered since
+    bed.states = {"p0": _State(last_progress=0.0)}
+    bed.at(31)
+    bed.at(50)
+    assert bed.asked == []  # not silent for 30 s since the assignment at 25
+    bed.at(56)
+    assert bed.asked == [["p0"]]
+
+
+def test_a_partition_revoked_while_the_broker_is_read_is_not_sought() -> None:
+    bed = _Bed()
+
+    async def revoke_meanwhile(tps: Sequence[str]) -> Mapping[str, int]:
+        bed.states.pop("p0")
+        return {"p0": 7}
+
+    bed.watch._records_beyond = revoke_meanwhile
+    bed.at(0)
+    bed.at(31)
+    assert bed.actions == []
+    assert bed.stalled == 0
