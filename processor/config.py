@@ -108,6 +108,14 @@ def _wait_ms(name: str, raw: str) -> int:
     return int(raw)
 
 
+def _stall_seconds(name: str, raw: str) -> int:
+    # ProcessorPartitionStalled pages 2 minutes after a stall is found: the seek (at once) and the rejoin
+    # (a window later, plus up to a third of one to the next check) must both come, and work, before it.
+    if not raw.strip().isdigit() or not 1 <= int(raw) <= 60:
+        raise ConfigError(f"{name}: {raw!r} must be a whole number of seconds in 1-60")
+    return int(raw)
+
+
 def _ratio(name: str, raw: str) -> float:
     try:
         value = float(raw)
@@ -171,7 +179,7 @@ class Settings:
     redis_wait_timeout_ms: int = _setting("REDIS_WAIT_TIMEOUT_MS", _wait_ms, 1000)
     # A partition with records to read and none delivered for this long is stalled, and healed
     # (processor.runtime.stall).
-    stall_seconds: int = _setting("PROCESSOR_STALL_SECONDS", _positive_int, 30)
+    stall_seconds: int = _setting("PROCESSOR_STALL_SECONDS", _stall_seconds, 30)
     # Fault injection for tests and the chaos lab: a worker's first partition stops being fetched 5 s after
     # it is assigned, behind its queues' back; sticky: paused again whenever resumed, until a new assignment.
     failpoint_stall: str | None = _setting("PROCESSOR_FAILPOINT_STALL", _choice(("once", "sticky"), upper=False))

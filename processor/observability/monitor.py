@@ -188,6 +188,10 @@ class Monitor:
             except Exception as exc:
                 log.warning("cannot read the lag of %s: %s", group, exc)
                 self._set_status(group, "ERR")
+                # Unknown now: an old forecast left exported would keep its ticket firing (the trend is kept).
+                for until in ("threshold", "drain"):
+                    with contextlib.suppress(KeyError):
+                        self._metrics.lag_forecast.remove(group, until)
                 continue
             group_lag = 0.0
             for lag in lags:

@@ -77,7 +77,8 @@ class Snapshot:
     lag_source: str
     lag: list[LagRow] = field(default_factory=list)
     groups: dict[str, str] = field(default_factory=dict)
-    # group -> {"threshold": s, "drain": s}: the monitor's lag forecast (processor.observability.forecast)
+    # group -> {"threshold": s, "drain": s}: the monitor's lag forecast (processor.observability.forecast); a key
+    # is missing while there is no forecast, and +Inf (not heading there) is null in --json, as JSON has no Inf
     forecasts: dict[str, dict[str, float]] = field(default_factory=dict)
     handlers: list[HandlerRow] = field(default_factory=list)
     slos: list[SLORow] = field(default_factory=list)
@@ -216,7 +217,8 @@ def render(snap: Snapshot) -> Group:
     for group, value in sorted(snap.groups.items()):
         style = "green" if value == "OK" else "red" if value in LAG_STATUSES[2:] else "yellow"
         ahead = snap.forecasts.get(group, {})
-        status.add_row(group, f"[{style}]{value}[/]", _until(ahead.get("threshold")), _until(ahead.get("drain")))
+        status.add_row(group, f"[{style}]{value}[/]", _until(ahead.get("threshold")),
+                       _until(ahead.get("drain"), at_zero="caught up"))
     handlers = Table(title="handlers", title_justify="left")
     for column in ("handler", "success", "duplicate", "retried", "dead-lettered", "invalid", "p99 ms", "p99 e2e ms"):
         handlers.add_column(column, justify="left" if column == "handler" else "right")
@@ -240,14 +242,14 @@ def render(snap: Snapshot) -> Group:
     return Group(lag, status, handlers, slos, footer, *([f"[yellow]{missing}[/]"] if missing else []))
 
 
-def _until(seconds: float | None) -> str:
-    # None: no forecast yet (or no lag SLO); inf: not heading there.
+def _until(seconds: float | None, at_zero: str = "now") -> str:
+    # None: no forecast yet (or no lag SLO); inf: not heading there; 0: there already.
     if seconds is None:
         return "-"
     if math.isinf(seconds):
         return "never"
     if seconds == 0:
-        return "now"
+        return at_zero
     if seconds >= 7200:
         return f"{seconds / 3600:.1f} h"
     return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"

@@ -199,6 +199,9 @@ class Topology:
                     if isinstance(action, Defer) and spec.priority != "low":
                         raise ConfigError(f"BudgetPolicy({policy.slo!r}): Defer({spec.name!r}) needs the handler "
                                           "declared with priority='low'")
+                    if isinstance(action, LowerConcurrency) and action.to >= spec.concurrency:
+                        raise ConfigError(f"BudgetPolicy({policy.slo!r}): LowerConcurrency({spec.name!r}, "
+                                          f"{action.to}) is not below its concurrency {spec.concurrency}")
                     # Deferring grows the very lag the SLO measures: the burn would never fall to undo it.
                     if isinstance(action, Defer) and slo.sli == "lag" and slo.handler in (None, spec.name):
                         raise ConfigError(f"BudgetPolicy({policy.slo!r}): Defer({spec.name!r}) would grow the lag "

@@ -114,6 +114,7 @@ def _make(handler: str) -> None:
         outputs=(f"{NAME}.{handler}.out",), breaker="dep" if BREAKER else None, name=handler,
         timeout_seconds=min(10.0, topology.claim_lease_seconds / 2),
         priority="low" if POLICY and handler == "b" else "normal",
+        concurrency=4 if POLICY else 1,  # for LowerConcurrency to lower
     )(handle)
 
 

@@ -105,6 +105,7 @@ def test_too_few_events_move_nothing() -> None:
     (BudgetPolicy("latency", when_burn_above=6, then=(StretchBackoff(),)), "b", "has no SLO 'latency'"),
     (BudgetPolicy("delivery", when_burn_above=6, then=(Defer("a"),)), "b", "priority='low'"),
     (BudgetPolicy("delivery", when_burn_above=6, then=(LowerConcurrency("c"),)), "b", "no handler 'c'"),
+    (BudgetPolicy("delivery", when_burn_above=6, then=(LowerConcurrency("a", 8),)), "b", "not below its concurrency 8"),
 ])
 def test_a_policy_naming_what_is_not_there_is_refused(policy: BudgetPolicy, low: str, says: str) -> None:
     with pytest.raises(ConfigError, match=says):

@@ -45,6 +45,7 @@ def test_flags_override_environment_which_overrides_defaults() -> None:
         ({"PROCESSOR_GROUP_INSTANCE_ID": "x" * 250}, f"PROCESSOR_GROUP_INSTANCE_ID: '{'x' * 250}' must be 1-249"),
         ({"KAFKA_SESSION_TIMEOUT_MS": "3000"}, "KAFKA_SESSION_TIMEOUT_MS: '3000' must be a whole number of ms"),
         ({"MALLOC_ARENA_MAX": "many"}, "MALLOC_ARENA_MAX: 'many' is not a whole number >= 1"),
+        ({"PROCESSOR_STALL_SECONDS": "90"}, "PROCESSOR_STALL_SECONDS: '90' must be a whole number of seconds in 1-60"),
     ],
 )
 def test_bad_values_name_the_setting(env: dict[str, str], message: str) -> None:
