@@ -110,20 +110,21 @@ class BudgetTracker:
             # Nothing sampled in the window: a lag SLO on a worker that has stopped measuring lag (the monitor's
             # lease went to another). Its last burn is no burn now; a policy acting on it is undone.
             return 0.0, 0.0
-        start = next((s for s in reversed(history.samples) if s[0] <= t - seconds), history.samples[0])
-        return self._burn(slo, history, seconds), total - start[2]
+        return self._burn(slo, history, seconds), total - _window_start(history, seconds)[2]
 
     def _burn(self, slo: SLO, history: _History, seconds: float) -> float:
-        t, bad, total = history.samples[-1]
-        start = history.samples[0]
-        for sample in reversed(history.samples):
-            if sample[0] <= t - seconds:
-                start = sample
-                break
+        _, bad, total = history.samples[-1]
+        start = _window_start(history, seconds)
         d_total = total - start[2]
         if d_total <= 0:
             return 0.0
         return ((bad - start[1]) / d_total) / slo.error_budget
+
+
+def _window_start(history: _History, seconds: float) -> tuple[float, float, float]:
+    """The newest sample at least ``seconds`` older than the last one (the first sample when none is)."""
+    t = history.samples[-1][0]
+    return next((s for s in reversed(history.samples) if s[0] <= t - seconds), history.samples[0])
 
 
 def _remaining(bad: float, total: float, slo: SLO) -> float:

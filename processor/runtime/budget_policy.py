@@ -41,9 +41,7 @@ class BudgetGovernor:
         self._slos = {slo.name: slo for slo in topology.slos}
         self._active: set[BudgetPolicy] = set()
         self._deferred: set[str] = set()
-        for policy in topology.budget_policies:
-            for action in policy.then:
-                metrics.budget_policy_active.labels(topology.name, self._label(policy), action.name).set(0)
+        self._export()
 
     def tick(self) -> None:
         changed = False
@@ -89,6 +87,9 @@ class BudgetGovernor:
         for handler in self._deferred - deferred:
             self._partitions[handler].resume_all(DEFER_REASON)
         self._deferred = deferred
+        self._export()
+
+    def _export(self) -> None:
         # From every policy at once: two policies of one SLO may share an action, and one undone while the
         # other acts leaves it on.
         on = {(self._label(p), action.name) for p in self._active for action in p.then}

@@ -194,16 +194,18 @@ class Topology:
             if slo is None:
                 raise ConfigError(f"BudgetPolicy: topology {self.name!r} has no SLO {policy.slo!r}")
             for action in policy.then:
-                if isinstance(action, Defer | LowerConcurrency):
+                if isinstance(action, LowerConcurrency):
                     spec = self.get(action.handler)
-                    if isinstance(action, Defer) and spec.priority != "low":
-                        raise ConfigError(f"BudgetPolicy({policy.slo!r}): Defer({spec.name!r}) needs the handler "
-                                          "declared with priority='low'")
-                    if isinstance(action, LowerConcurrency) and action.to >= spec.concurrency:
+                    if action.to >= spec.concurrency:
                         raise ConfigError(f"BudgetPolicy({policy.slo!r}): LowerConcurrency({spec.name!r}, "
                                           f"{action.to}) is not below its concurrency {spec.concurrency}")
+                elif isinstance(action, Defer):
+                    spec = self.get(action.handler)
+                    if spec.priority != "low":
+                        raise ConfigError(f"BudgetPolicy({policy.slo!r}): Defer({spec.name!r}) needs the handler "
+                                          "declared with priority='low'")
                     # Deferring grows the very lag the SLO measures: the burn would never fall to undo it.
-                    if isinstance(action, Defer) and slo.sli == "lag" and slo.handler in (None, spec.name):
+                    if slo.sli == "lag" and slo.handler in (None, spec.name):
                         raise ConfigError(f"BudgetPolicy({policy.slo!r}): Defer({spec.name!r}) would grow the lag "
                                           "this lag SLO measures; defer a handler it does not cover")
 
